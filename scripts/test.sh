@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: setup, format, clippy, unit + property + fixture +
+# integration tests, a bounded fuzz run, and a smoke run of the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked 2>&1 | tee target/test.log
+# One closing line for CI: the sum over every test binary.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' target/test.log
+
+step "fuzz the pipeline for ${FUZZ_SECONDS:-30} s"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+step "benchmark smoke run"
+cargo run -q -p vipr-bench --locked -- --smoke
