@@ -57,7 +57,8 @@ fn main() -> Result<()> {
         println!("{text}");
     }
     if let Some(path) = &args.write {
-        let mut doc = std::fs::read_to_string(path).unwrap_or_else(|_| "# vipr benchmark results\n".into());
+        let mut doc =
+            std::fs::read_to_string(path).unwrap_or_else(|_| "# vipr benchmark results\n".into());
         for (name, text) in &sections {
             doc = replace_section(&doc, name, text);
         }
@@ -80,10 +81,18 @@ fn replace_section(doc: &str, name: &str, text: &str) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {} cores, kernel {}", std::thread::available_parallelism().map_or(0, |n| n.get()), kernel.trim())
+    format!(
+        "{cpu}, {} cores, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -112,7 +121,9 @@ fn tables() -> Result<SharedTables> {
         affinity_timeout_s: None,
         source_ranges: vec![],
         ring_max: DEFAULT_RING_MAX,
-        backends: (0..4).map(|i| BackendSpec { addr: backend_ip(i), port: 8080, weight: 1, draining: false }).collect(),
+        backends: (0..4)
+            .map(|i| BackendSpec { addr: backend_ip(i), port: 8080, weight: 1, draining: false })
+            .collect(),
     };
     let hop = NextHop { ifindex: 1, src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2] };
     let desired = DesiredState {
@@ -198,11 +209,14 @@ fn pipeline_suite(args: &Args) -> Result<String> {
             }
         }
         rss.push((tracked, rss_bytes().saturating_sub(rss_before)));
-        let hits: Vec<_> = (0..sample).map(|i| ack(i * (tracked / sample).max(1) % tracked)).collect();
+        let hits: Vec<_> =
+            (0..sample).map(|i| ack(i * (tracked / sample).max(1) % tracked)).collect();
         let hits = if tracked == 1 { vec![ack(0)] } else { hits };
         let replies = if tracked == 1 { replies[..1].to_vec() } else { replies };
         let others: Vec<_> = (0..sample.min(1024))
-            .map(|i| Pkt::tcp(&client(i).0, 40000, "192.0.2.99", 22, TCP_ACK).payload(&[0; 6]).frame())
+            .map(|i| {
+                Pkt::tcp(&client(i).0, 40000, "192.0.2.99", 22, TCP_ACK).payload(&[0; 6]).frame()
+            })
             .collect();
 
         let baseline = measure(&hits, budget, mac_swap);
@@ -214,12 +228,22 @@ fn pipeline_suite(args: &Args) -> Result<String> {
         let ns = measure(&replies, budget, |b| {
             black_box(p.process(b, 1, now));
         });
-        rows.push(Row { scenario: "reply reverse-NAT", tracked, ns, baseline: measure(&replies, budget, mac_swap) });
+        rows.push(Row {
+            scenario: "reply reverse-NAT",
+            tracked,
+            ns,
+            baseline: measure(&replies, budget, mac_swap),
+        });
 
         let ns = measure(&others, budget, |b| {
             black_box(p.process(b, 1, now));
         });
-        rows.push(Row { scenario: "non-VIP pass", tracked, ns, baseline: measure(&others, budget, mac_swap) });
+        rows.push(Row {
+            scenario: "non-VIP pass",
+            tracked,
+            ns,
+            baseline: measure(&others, budget, mac_swap),
+        });
 
         // New flows: each frame once, so every one is a conntrack miss; the table's
         // capacity leaves room so no eviction is measured.
@@ -244,7 +268,11 @@ fn pipeline_suite(args: &Args) -> Result<String> {
             start.elapsed().as_nanos() as f64 / n_new as f64
         };
         rows.push(Row { scenario: "new flow (Maglev + conntrack insert)", tracked, ns, baseline });
-        anyhow::ensure!(p.counters.verdicts[VERDICT_DROP as usize] == 0, "the benchmark dropped frames: {:?}", p.counters.drops);
+        anyhow::ensure!(
+            p.counters.verdicts[VERDICT_DROP as usize] == 0,
+            "the benchmark dropped frames: {:?}",
+            p.counters.drops
+        );
     }
 
     let mut s = String::new();
@@ -257,10 +285,19 @@ fn pipeline_suite(args: &Args) -> Result<String> {
         if args.smoke { " (SMOKE RUN: figures meaningless)" } else { "" },
         machine()
     );
-    let _ = writeln!(s, "| scenario | tracked flows | vipr ns/packet | MAC-swap ns/packet | ratio |");
+    let _ =
+        writeln!(s, "| scenario | tracked flows | vipr ns/packet | MAC-swap ns/packet | ratio |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|");
     for r in &rows {
-        let _ = writeln!(s, "| {} | {} | {:.1} | {:.1} | {:.1}x |", r.scenario, r.tracked, r.ns, r.baseline, r.ns / r.baseline);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.1}x |",
+            r.scenario,
+            r.tracked,
+            r.ns,
+            r.baseline,
+            r.ns / r.baseline
+        );
     }
     let _ = writeln!(s);
     for (tracked, bytes) in rss {
@@ -316,12 +353,22 @@ fn maglev_suite(args: &Args) -> String {
     let _ = writeln!(s, "| M | N backends | vipr ms | textbook ms | ratio |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
     for n in [10usize, 100, 1000] {
-        let backends: Vec<(IpAddr, u16)> =
-            (0..n).map(|i| (IpAddr::V4(Ipv4Addr::new(192, 0, 2 + (i / 250) as u8 % 2, (i % 250) as u8 + 1)), 8080 + (i / 500) as u16)).collect();
+        let backends: Vec<(IpAddr, u16)> = (0..n)
+            .map(|i| {
+                (
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2 + (i / 250) as u8 % 2, (i % 250) as u8 + 1)),
+                    8080 + (i / 500) as u16,
+                )
+            })
+            .collect();
         let weighted: Vec<_> = backends
             .iter()
             .enumerate()
-            .map(|(i, (a, p))| WeightedBackend { identity: BackendIdentity { addr: *a, port: *p }, weight: 1, id: i as u32 })
+            .map(|(i, (a, p))| WeightedBackend {
+                identity: BackendIdentity { addr: *a, port: *p },
+                weight: 1,
+                id: i as u32,
+            })
             .collect();
         let mut out = vec![0u32; m as usize];
         let ours = median(reps, || {
@@ -331,13 +378,20 @@ fn maglev_suite(args: &Args) -> String {
         let textbook = median(reps, || {
             black_box(textbook_maglev::build_textbook(&backends, m));
         });
-        let _ = writeln!(s, "| {m} | {n} | {:.3} | {:.3} | {:.2}x |", ours * 1e3, textbook * 1e3, ours / textbook);
+        let _ = writeln!(
+            s,
+            "| {m} | {n} | {:.3} | {:.3} | {:.2}x |",
+            ours * 1e3,
+            textbook * 1e3,
+            ours / textbook
+        );
     }
     let _ = writeln!(s, "\nDisruption: share of slots that change owner when 1 of N backends is removed, among slots the removed backend did not own (0 is ideal; the paper's Figure 9 shows Maglev's is small but not zero):\n");
     let _ = writeln!(s, "| N | M | slots moved |");
     let _ = writeln!(s, "|---:|---:|---:|");
     for n in [10usize, 100, 1000] {
-        let _ = writeln!(s, "| {n} | {m} | {:.2}% |", 100.0 * maglev::disruption_after_removal(n, m));
+        let _ =
+            writeln!(s, "| {n} | {m} | {:.2}% |", 100.0 * maglev::disruption_after_removal(n, m));
     }
     s
 }

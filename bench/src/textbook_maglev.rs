@@ -59,7 +59,8 @@ pub fn build_textbook(backends: &[(IpAddr, u16)], m: u32) -> Vec<u32> {
         let bytes = encode(addr, port);
         let offset = sip13(OFFSET_KEYS, &bytes) % m as u64;
         let skip = sip13(SKIP_KEYS, &bytes) % (m as u64 - 1) + 1;
-        let row: Vec<u32> = (0..m as u64).map(|j| ((offset + j * skip) % m as u64) as u32).collect();
+        let row: Vec<u32> =
+            (0..m as u64).map(|j| ((offset + j * skip) % m as u64) as u32).collect();
         permutation.push(row);
     }
 

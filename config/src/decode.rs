@@ -31,6 +31,9 @@ pub(crate) struct Map<'n> {
     pub pos: Pos,
     what: &'static str,
     entries: Vec<(&'n str, Pos, &'n Node)>,
+    /// Known keys offered as "did you mean" for an unknown one: their absence
+    /// is already explained, so `required` stays quiet about them.
+    suggested: Vec<&'static str>,
 }
 
 impl<'n> Map<'n> {
@@ -63,11 +66,9 @@ impl<'n> Map<'n> {
     ) -> Option<T> {
         match self.get(key) {
             Some(node) => decode(d, node),
+            None if self.suggested.contains(&key) => None,
             None => {
-                d.error(
-                    self.pos,
-                    format!("{} is missing required key \"{key}\"", self.what),
-                );
+                d.error(self.pos, format!("{} is missing required key \"{key}\"", self.what));
                 None
             }
         }
@@ -80,10 +81,7 @@ impl<'n> Map<'n> {
 
 impl Decoder {
     pub fn new(file: &str) -> Self {
-        Decoder {
-            file: file.to_owned(),
-            found: Vec::new(),
-        }
+        Decoder { file: file.to_owned(), found: Vec::new() }
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
@@ -127,6 +125,7 @@ impl Decoder {
             }
         };
         let mut entries: Vec<(&'n str, Pos, &'n Node)> = Vec::with_capacity(raw.len());
+        let mut suggested = Vec::new();
         for (key, value) in raw {
             let name = match &key.value {
                 Value::Scalar(s) if !key.is_null() => s.text.as_str(),
@@ -145,22 +144,17 @@ impl Decoder {
                 continue;
             }
             if !keys.contains(&name) {
-                let hint = suggest(name, keys)
-                    .map(|k| format!("; did you mean \"{k}\"?"))
-                    .unwrap_or_else(|| ";".into());
-                let message = format!(
-                    "unknown key \"{name}\" in {what}{hint} allowed: {}",
-                    keys.join(", ")
-                );
+                let close = suggest(name, keys);
+                suggested.extend(close);
+                let hint =
+                    close.map(|k| format!("; did you mean \"{k}\"?")).unwrap_or_else(|| ";".into());
+                let message =
+                    format!("unknown key \"{name}\" in {what}{hint} allowed: {}", keys.join(", "));
                 self.error(key.pos, message);
             }
             entries.push((name, key.pos, value));
         }
-        Some(Map {
-            pos: node.pos,
-            what,
-            entries,
-        })
+        Some(Map { pos: node.pos, what, entries, suggested })
     }
 
     /// The items of a list; null reads as an empty list.
@@ -217,19 +211,14 @@ impl Decoder {
                      remove the quotes",
                     s.text
                 ),
-                _ => format!(
-                    "{what}: expected an integer {allowed}, found {}",
-                    found(node)
-                ),
+                _ => format!("{what}: expected an integer {allowed}, found {}", found(node)),
             };
             self.error(node.pos, message);
             return None;
         };
         if value < lo || value > hi {
-            let message = format!(
-                "{what} {} is out of range; allowed {allowed}",
-                scalar_text(node)
-            );
+            let message =
+                format!("{what} {} is out of range; allowed {allowed}", scalar_text(node));
             self.error(node.pos, message);
             return None;
         }
@@ -259,10 +248,7 @@ impl Decoder {
         let hint = suggest(text, &names)
             .map(|k| format!("; did you mean \"{k}\"?"))
             .unwrap_or_else(|| ";".into());
-        self.error(
-            node.pos,
-            format!("unknown {what} \"{text}\"{hint} allowed: {allowed}"),
-        );
+        self.error(node.pos, format!("unknown {what} \"{text}\"{hint} allowed: {allowed}"));
         None
     }
 
@@ -302,10 +288,7 @@ impl Decoder {
             return None;
         };
         if net.trunc() != net {
-            let message = format!(
-                "{what} {text} has host bits set; did you mean {}?",
-                net.trunc()
-            );
+            let message = format!("{what} {text} has host bits set; did you mean {}?", net.trunc());
             self.error(node.pos, message);
             return None;
         }
@@ -399,10 +382,7 @@ fn scalar_text(node: &Node) -> &str {
 /// Case, `_` and `-` are ignored, so `sourceRanges` finds `source_ranges`.
 pub(crate) fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| -> Vec<char> {
-        s.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
+        s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
     };
     let w = norm(word);
     let limit = match w.len() {
@@ -413,7 +393,8 @@ pub(crate) fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
     options
         .iter()
         .map(|o| (edit_distance(&w, &norm(o)), *o))
-        .filter(|(d, _)| *d <= limit)
+        // A distance as long as the word means nothing of it survived.
+        .filter(|(d, _)| *d <= limit && *d < w.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, o)| o)
 }
@@ -521,9 +502,6 @@ mod tests {
         let m = d.map(inner, "section", &["x"]).unwrap();
         assert_eq!(m.required(&mut d, "x", |d, n| d.ip(n, "x")), None);
         assert_eq!(d.seq(inner, "list").map(<[Node]>::len), Some(0));
-        assert_eq!(
-            messages(d),
-            ["1:3: section is missing required key \"x\""]
-        );
+        assert_eq!(messages(d), ["1:1: section is missing required key \"x\""]);
     }
 }

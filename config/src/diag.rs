@@ -18,11 +18,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
     }
 }
 
@@ -58,20 +54,12 @@ mod tests {
     use super::*;
 
     fn at(line: usize, column: usize, message: &str) -> Diagnostic {
-        Diagnostic {
-            file: "x.yaml".into(),
-            line,
-            column,
-            message: message.into(),
-        }
+        Diagnostic { file: "x.yaml".into(), line, column, message: message.into() }
     }
 
     #[test]
     fn display_is_one_sorted_line_per_diagnostic() {
         let d = Diagnostics::sorted(vec![at(9, 5, "b"), at(2, 7, "a"), at(9, 5, "c")]);
-        assert_eq!(
-            d.to_string(),
-            "x.yaml:2:7: a\nx.yaml:9:5: b\nx.yaml:9:5: c"
-        );
+        assert_eq!(d.to_string(), "x.yaml:2:7: a\nx.yaml:9:5: b\nx.yaml:9:5: c");
     }
 }

@@ -58,12 +58,7 @@ pub use model::{
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
     let fail = |message: String| {
-        Err(Diagnostics(vec![Diagnostic {
-            file: name.clone(),
-            line: 1,
-            column: 1,
-            message,
-        }]))
+        Err(Diagnostics(vec![Diagnostic { file: name.clone(), line: 1, column: 1, message }]))
     };
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,

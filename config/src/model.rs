@@ -86,11 +86,7 @@ pub struct SnatConfig {
 
 impl Default for SnatConfig {
     fn default() -> Self {
-        SnatConfig {
-            addresses: Vec::new(),
-            port_min: 1024,
-            port_max: 65535,
-        }
+        SnatConfig { addresses: Vec::new(), port_min: 1024, port_max: 65535 }
     }
 }
 
@@ -146,20 +142,18 @@ impl Pool {
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
         let mut segments = self.segments();
         segments.sort();
-        segments
-            .into_iter()
-            .flat_map(|(first, last)| AddrRange::new(first, last))
+        segments.into_iter().flat_map(|(first, last)| AddrRange::new(first, last))
     }
 
     /// Inclusive usable spans: cidrs trimmed as described above, then ranges.
     fn segments(&self) -> Vec<(IpAddr, IpAddr)> {
-        let cidrs = self.cidrs.iter().filter_map(|net| match net {
+        let cidrs = self.cidrs.iter().map(|net| match net {
             IpNet::V4(n) if n.prefix_len() < 31 => {
                 let first = u32::from(n.network()) + 1;
                 let last = u32::from(n.broadcast()) - 1;
-                Some((IpAddr::from(first.to_be_bytes()), last.to_be_bytes().into()))
+                (IpAddr::from(first.to_be_bytes()), last.to_be_bytes().into())
             }
-            _ => Some((net.network(), net.broadcast())),
+            _ => (net.network(), net.broadcast()),
         });
         cidrs.chain(self.ranges.iter().copied()).collect()
     }
@@ -209,11 +203,7 @@ impl Iterator for AddrRange {
 
     fn next(&mut self) -> Option<IpAddr> {
         let current = self.next?;
-        self.next = if current < self.last {
-            Some(current + 1)
-        } else {
-            None
-        };
+        self.next = if current < self.last { Some(current + 1) } else { None };
         Some(u128_to_ip(current, self.v4))
     }
 }

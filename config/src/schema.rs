@@ -18,16 +18,8 @@ use crate::duration::MAX_SECS;
 use crate::model::*;
 use crate::yaml::{Node, Pos, Value};
 
-const TOP_KEYS: &[&str] = &[
-    "instance",
-    "dataplane",
-    "interfaces",
-    "dpdk",
-    "snat",
-    "conntrack",
-    "pools",
-    "vips",
-];
+const TOP_KEYS: &[&str] =
+    &["instance", "dataplane", "interfaces", "dpdk", "snat", "conntrack", "pools", "vips"];
 const INTERFACE_KEYS: &[&str] = &["name", "attach", "queues", "cores"];
 const DPDK_KEYS: &[&str] = &["eal_args", "ports", "mbufs"];
 const SNAT_KEYS: &[&str] = &["addresses", "ports"];
@@ -49,19 +41,14 @@ const AFFINITY_KEYS: &[&str] = &["client_ip"];
 const CLIENT_IP_KEYS: &[&str] = &["timeout"];
 const BACKEND_KEYS: &[&str] = &["address", "port", "weight", "state"];
 
-const DATAPLANES: &[(&str, DataplaneKind)] = &[
-    ("xdp", DataplaneKind::Xdp),
-    ("afxdp", DataplaneKind::Afxdp),
-    ("dpdk", DataplaneKind::Dpdk),
-];
+const DATAPLANES: &[(&str, DataplaneKind)] =
+    &[("xdp", DataplaneKind::Xdp), ("afxdp", DataplaneKind::Afxdp), ("dpdk", DataplaneKind::Dpdk)];
 const ATTACH_MODES: &[(&str, AttachMode)] =
     &[("native", AttachMode::Native), ("generic", AttachMode::Generic)];
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
 const MODES: &[(&str, Mode)] = &[("dnat", Mode::Dnat), ("snat", Mode::Snat)];
-const BACKEND_STATES: &[(&str, BackendState)] = &[
-    ("active", BackendState::Active),
-    ("draining", BackendState::Draining),
-];
+const BACKEND_STATES: &[(&str, BackendState)] =
+    &[("active", BackendState::Active), ("draining", BackendState::Draining)];
 
 const PORTS: std::ops::RangeInclusive<u16> = 1..=65535;
 const DEFAULT_MBUFS: u32 = 8191;
@@ -113,9 +100,7 @@ pub(crate) fn config(d: &mut Decoder, root: &Node) -> Config {
 fn instance(d: &mut Decoder, n: &Node) -> Option<String> {
     let text = d.string(n, "instance")?;
     let ok = (1..=32).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
         let message = format!(
             "instance \"{text}\" is not a valid name; allowed: 1 to 32 characters from a-z, 0-9 and '-'"
@@ -176,11 +161,10 @@ fn interface(d: &mut Decoder, n: &Node) -> Option<Interface> {
 /// `:` or whitespace.
 fn ifname(d: &mut Decoder, n: &Node) -> Option<String> {
     let name = d.string(n, "interface name")?;
-    let problem = if name.len() > MAX_IFNAME_BYTES {
-        Some(format!(
-            "is {} bytes long; Linux allows at most {MAX_IFNAME_BYTES}",
-            name.len()
-        ))
+    let problem = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_IFNAME_BYTES {
+        Some(format!("is {} bytes long; Linux allows at most {MAX_IFNAME_BYTES}", name.len()))
     } else if name == "." || name == ".." {
         Some("is reserved".to_owned())
     } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
@@ -199,7 +183,8 @@ fn ifname(d: &mut Decoder, n: &Node) -> Option<String> {
 /// A non-empty list of distinct small ids (queues, cores).
 fn ids(d: &mut Decoder, n: &Node, what: &str, item: &str) -> Option<Vec<u32>> {
     let before = d.error_count();
-    let items: Vec<(u32, Pos)> = d.list(n, what, |d, n| Some((d.int(n, item, 0..=u32::MAX)?, n.pos)));
+    let items: Vec<(u32, Pos)> =
+        d.list(n, what, |d, n| Some((d.int(n, item, 0..=u32::MAX)?, n.pos)));
     if d.error_count() != before {
         return None;
     }
@@ -247,9 +232,8 @@ fn snat(d: &mut Decoder, n: &Node) -> Option<SnatConfig> {
     let m = d.map(n, "snat", SNAT_KEYS)?;
     let defaults = SnatConfig::default();
     let addresses = m.field(d, "addresses", |d, n| {
-        let found: Vec<(IpAddr, Pos)> = d.list(n, "snat addresses", |d, n| {
-            Some((d.ip(n, "snat address")?, n.pos))
-        });
+        let found: Vec<(IpAddr, Pos)> =
+            d.list(n, "snat addresses", |d, n| Some((d.ip(n, "snat address")?, n.pos)));
         let mut out: Vec<IpAddr> = Vec::new();
         for (ip, pos) in found {
             if out.contains(&ip) {
@@ -262,35 +246,27 @@ fn snat(d: &mut Decoder, n: &Node) -> Option<SnatConfig> {
     });
     let ports = m.field(d, "ports", port_range);
     let (port_min, port_max) = ports.unwrap_or((defaults.port_min, defaults.port_max));
-    Some(SnatConfig {
-        addresses: addresses.unwrap_or_default(),
-        port_min,
-        port_max,
-    })
+    Some(SnatConfig { addresses: addresses.unwrap_or_default(), port_min, port_max })
 }
 
 /// `"MIN-MAX"`, inclusive, both in 1..=65535, `MIN <= MAX`.
 fn port_range(d: &mut Decoder, n: &Node) -> Option<(u16, u16)> {
     let text = d.string(n, "snat ports")?;
     let Some((lo, hi)) = text.split_once('-') else {
-        let message =
-            format!("snat ports \"{text}\" is not a port range; write it as MIN-MAX, such as 1024-65535");
+        let message = format!(
+            "snat ports \"{text}\" is not a port range; write it as MIN-MAX, such as 1024-65535"
+        );
         d.error(n.pos, message);
         return None;
     };
     let mut bound = |part: &str| -> Option<u16> {
         let part = part.trim();
-        let value = part
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| parse_int(part))
-            .flatten();
+        let value = part.bytes().all(|b| b.is_ascii_digit()).then(|| parse_int(part)).flatten();
         match value.map(u16::try_from) {
             Some(Ok(port)) if PORTS.contains(&port) => Some(port),
             Some(_) => {
-                let message = format!(
-                    "snat ports \"{text}\": {part} is out of range; allowed 1..=65535"
-                );
+                let message =
+                    format!("snat ports \"{text}\": {part} is out of range; allowed 1..=65535");
                 d.error(n.pos, message);
                 None
             }
@@ -316,9 +292,8 @@ fn port_range(d: &mut Decoder, n: &Node) -> Option<(u16, u16)> {
 fn conntrack(d: &mut Decoder, n: &Node) -> Option<ConntrackConfig> {
     let m = d.map(n, "conntrack", CONNTRACK_KEYS)?;
     let defaults = ConntrackConfig::default();
-    let capacity = m.field(d, "capacity", |d, n| {
-        d.int(n, "conntrack capacity", 1u32..=100_000_000)
-    });
+    let capacity =
+        m.field(d, "capacity", |d, n| d.int(n, "conntrack capacity", 1u32..=100_000_000));
     let timeouts = m.field(d, "timeouts", |d, n| d.map(n, "conntrack timeouts", TIMEOUT_KEYS));
     let timeout = |d: &mut Decoder, key: &str, default: Duration| -> Duration {
         let what = format!("conntrack timeout {key}");
@@ -356,10 +331,8 @@ fn pools(d: &mut Decoder, n: &Node) -> Option<Vec<Pool>> {
         };
         if let Some(line) = name_lines.get(&pool.name) {
             let pos = item.get("name").map_or(item.pos, |n| n.pos);
-            let message = format!(
-                "pool name \"{}\" is used twice; first used at line {line}",
-                pool.name
-            );
+            let message =
+                format!("pool name \"{}\" is used twice; first used at line {line}", pool.name);
             d.error(pos, message);
         } else {
             name_lines.insert(pool.name.clone(), item.pos.line);
@@ -398,11 +371,7 @@ fn pool(d: &mut Decoder, n: &Node, index: usize) -> Option<(Pool, Vec<Span>)> {
         .iter()
         .map(|(net, node)| span(net.to_string(), node.pos, net.network(), net.broadcast()))
         .collect();
-    spans.extend(
-        ranges
-            .iter()
-            .map(|((a, b), node)| span(format!("{a}-{b}"), node.pos, *a, *b)),
-    );
+    spans.extend(ranges.iter().map(|((a, b), node)| span(format!("{a}-{b}"), node.pos, *a, *b)));
     let pool = Pool {
         name,
         cidrs: cidrs.into_iter().map(|(net, _)| net).collect(),
@@ -426,18 +395,16 @@ fn ip_range<'n>(d: &mut Decoder, n: &'n Node) -> Option<((IpAddr, IpAddr), &'n N
         let part = part.trim();
         let parsed = part.parse().ok();
         if parsed.is_none() {
-            let message = format!(
-                "pool range \"{text}\": \"{part}\" is not a valid IPv4 or IPv6 address"
-            );
+            let message =
+                format!("pool range \"{text}\": \"{part}\" is not a valid IPv4 or IPv6 address");
             d.error(n.pos, message);
         }
         parsed
     };
     let (first, last) = (address(a)?, address(b)?);
     if first.is_ipv4() != last.is_ipv4() {
-        let message = format!(
-            "pool range \"{text}\" mixes IPv4 and IPv6; both ends must be the same family"
-        );
+        let message =
+            format!("pool range \"{text}\" mixes IPv4 and IPv6; both ends must be the same family");
         d.error(n.pos, message);
         return None;
     }
@@ -464,11 +431,8 @@ fn check_overlaps(d: &mut Decoder, pools: &[Pool], spans: &[Span]) {
         let span = &spans[i];
         match reach {
             Some(r) if spans[r].v4 == span.v4 && span.first <= spans[r].last => {
-                let (earlier, later) = if spans[r].pos < span.pos {
-                    (&spans[r], span)
-                } else {
-                    (span, &spans[r])
-                };
+                let (earlier, later) =
+                    if spans[r].pos < span.pos { (&spans[r], span) } else { (span, &spans[r]) };
                 let message = if earlier.pool == later.pool {
                     format!(
                         "pool \"{}\": {} overlaps {} at line {}, column {} in the same pool",
@@ -646,7 +610,8 @@ fn backend(d: &mut Decoder, n: &Node) -> Option<(Backend, Pos, Pos)> {
 }
 
 fn weight(d: &mut Decoder, n: &Node) -> Option<u32> {
-    let zero = matches!(&n.value, Value::Scalar(s) if !s.is_string && parse_int(&s.text) == Some(0));
+    let zero =
+        matches!(&n.value, Value::Scalar(s) if !s.is_string && parse_int(&s.text) == Some(0));
     if zero {
         let message = "backend weight 0 is out of range; allowed 1..=65535 \
                        (to stop new flows to a backend, use `state: draining`)";
@@ -669,8 +634,5 @@ fn family_name(ip: IpAddr) -> &'static str {
 }
 
 fn name_of<T: PartialEq + Copy>(options: &[(&'static str, T)], value: T) -> &'static str {
-    options
-        .iter()
-        .find(|o| o.1 == value)
-        .map_or("?", |o| o.0)
+    options.iter().find(|o| o.1 == value).map_or("?", |o| o.0)
 }

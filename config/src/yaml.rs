@@ -34,10 +34,7 @@ pub(crate) struct Pos {
 impl Pos {
     fn from_marker(mark: &Marker) -> Self {
         // yaml-rust2 marks lines from 1 and columns from 0.
-        Pos {
-            line: mark.line().max(1),
-            column: mark.col() + 1,
-        }
+        Pos { line: mark.line().max(1), column: mark.col() + 1 }
     }
 }
 
@@ -94,10 +91,7 @@ pub(crate) struct TreeError {
 
 enum FrameKind {
     Seq(Vec<Node>),
-    Map {
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Map { entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 struct Frame {
@@ -126,12 +120,7 @@ impl Builder {
                 message: format!("nesting is deeper than {MAX_DEPTH} levels"),
             });
         }
-        self.stack.push(Frame {
-            pos,
-            anchor,
-            kind,
-            first_node: self.nodes,
-        });
+        self.stack.push(Frame { pos, anchor, kind, first_node: self.nodes });
         Ok(())
     }
 
@@ -185,16 +174,20 @@ impl Builder {
     fn attach(&mut self, node: Node) {
         match self.stack.last_mut() {
             None => self.root = Some(node),
-            Some(Frame {
-                kind: FrameKind::Seq(items),
-                ..
-            }) => items.push(node),
-            Some(Frame {
-                kind: FrameKind::Map { entries, key },
-                ..
-            }) => match key.take() {
+            Some(Frame { kind: FrameKind::Seq(items), .. }) => items.push(node),
+            Some(Frame { kind: FrameKind::Map { entries, key }, .. }) => match key.take() {
                 None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
+                Some(k) => {
+                    let mut node = node;
+                    // An empty value (`port:`) is marked where the next
+                    // token starts, often the next line; its key is where a
+                    // reader looks.
+                    if matches!(&node.value, Value::Scalar(s) if s.text.is_empty() && !s.is_string)
+                    {
+                        node.pos = k.pos;
+                    }
+                    entries.push((k, node));
+                }
             },
         }
     }
@@ -229,20 +222,14 @@ pub(crate) fn parse_tree(text: &str) -> Result<Node, TreeError> {
             Event::Scalar(text, style, anchor, tag) => {
                 let is_string = style != TScalarStyle::Plain
                     || tag.is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
-                let node = Node {
-                    pos,
-                    value: Value::Scalar(Scalar { text, is_string }),
-                };
+                let node = Node { pos, value: Value::Scalar(Scalar { text, is_string }) };
                 builder.finish(node, anchor, 1);
             }
             Event::SequenceStart(anchor, _) => {
                 builder.open(pos, anchor, FrameKind::Seq(Vec::new()))?;
             }
             Event::MappingStart(anchor, _) => {
-                let kind = FrameKind::Map {
-                    entries: Vec::new(),
-                    key: None,
-                };
+                let kind = FrameKind::Map { entries: Vec::new(), key: None };
                 builder.open(pos, anchor, kind)?;
             }
             Event::SequenceEnd | Event::MappingEnd => builder.close(),
@@ -250,10 +237,7 @@ pub(crate) fn parse_tree(text: &str) -> Result<Node, TreeError> {
     }
     Ok(builder.root.unwrap_or(Node {
         pos: Pos { line: 1, column: 1 },
-        value: Value::Scalar(Scalar {
-            text: String::new(),
-            is_string: false,
-        }),
+        value: Value::Scalar(Scalar { text: String::new(), is_string: false }),
     }))
 }
 
@@ -275,9 +259,7 @@ mod tests {
         let entries = map_entries(&root);
         assert_eq!(entries[0].1.pos, Pos { line: 1, column: 4 });
         assert_eq!(entries[1].0.pos, Pos { line: 2, column: 1 });
-        let Value::Seq(items) = &entries[1].1.value else {
-            panic!("b should be a sequence")
-        };
+        let Value::Seq(items) = &entries[1].1.value else { panic!("b should be a sequence") };
         assert_eq!(items[0].pos, Pos { line: 3, column: 5 });
     }
 

@@ -44,13 +44,17 @@ impl Proto {
 #[derive(Subcommand)]
 enum Cmd {
     /// Validate config files; print every error with file:line:column.
-    #[command(after_help = "Example:\n  vipr validate config/examples/tutorial.yaml config/examples/full.yaml")]
+    #[command(
+        after_help = "Example:\n  vipr validate config/examples/tutorial.yaml config/examples/full.yaml"
+    )]
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Send synthetic flows through the userspace packet path and show how they spread.
-    #[command(after_help = "Example:\n  vipr simulate -c config/examples/tutorial.yaml --flows 1000")]
+    #[command(
+        after_help = "Example:\n  vipr simulate -c config/examples/tutorial.yaml --flows 1000"
+    )]
     Simulate {
         #[arg(short, long)]
         config: PathBuf,
@@ -64,7 +68,9 @@ enum Cmd {
         json: bool,
     },
     /// Show which backend a new flow gets, and why.
-    #[command(after_help = "Example:\n  vipr trace -c config/examples/tutorial.yaml 198.51.100.7:40000 192.0.2.10:8088 tcp")]
+    #[command(
+        after_help = "Example:\n  vipr trace -c config/examples/tutorial.yaml 198.51.100.7:40000 192.0.2.10:8088 tcp"
+    )]
     Trace {
         #[arg(short, long)]
         config: PathBuf,
@@ -84,7 +90,7 @@ enum Cmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<vipr_config::Config> {
+fn load(path: &std::path::Path) -> Result<vipr_config::Config> {
     match vipr_config::load(path) {
         Ok(c) => Ok(c),
         Err(diags) => bail!("{} is not a valid config:\n{diags}", path.display()),

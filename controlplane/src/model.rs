@@ -9,7 +9,11 @@ use vipr_dataplane::tables::{BackendSpec, DesiredState, VipSpec};
 /// The desired tables of a validated config. Validation guarantees every `snat` VIP has
 /// an SNAT address of its family.
 pub fn from_config(cfg: &Config) -> DesiredState {
-    DesiredState { settings: settings(cfg), vips: cfg.vips.iter().map(|v| vip(cfg, v)).collect(), next_hops: vec![] }
+    DesiredState {
+        settings: settings(cfg),
+        vips: cfg.vips.iter().map(|v| vip(cfg, v)).collect(),
+        next_hops: vec![],
+    }
 }
 
 fn vip(cfg: &Config, v: &vipr_config::Vip) -> VipSpec {
@@ -18,7 +22,8 @@ fn vip(cfg: &Config, v: &vipr_config::Vip) -> VipSpec {
         // Spread VIPs over the SNAT addresses of their family, by their port, so one
         // address's port space is not the limit of all snat VIPs.
         Mode::Snat => {
-            let same: Vec<_> = cfg.snat.addresses.iter().filter(|a| a.is_ipv4() == v.address.is_ipv4()).collect();
+            let same: Vec<_> =
+                cfg.snat.addresses.iter().filter(|a| a.is_ipv4() == v.address.is_ipv4()).collect();
             (!same.is_empty()).then(|| *same[v.port as usize % same.len()])
         }
     };
@@ -30,7 +35,9 @@ fn vip(cfg: &Config, v: &vipr_config::Vip) -> VipSpec {
             Protocol::Udp => PROTO_UDP,
         },
         snat_addr,
-        affinity_timeout_s: v.affinity_timeout.map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32),
+        affinity_timeout_s: v
+            .affinity_timeout
+            .map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32),
         source_ranges: v.source_ranges.clone(),
         ring_max: v.ring_max,
         backends: v
@@ -99,7 +106,11 @@ vips:
         assert_eq!(v.backends[0].weight, 3);
         assert!(v.backends[1].draining);
         assert_eq!(d.vips[1].proto, PROTO_UDP);
-        assert_eq!(d.vips[1].snat_addr, Some("2001:db8:b::2".parse().unwrap()), "snat address of the vip's family");
+        assert_eq!(
+            d.vips[1].snat_addr,
+            Some("2001:db8:b::2".parse().unwrap()),
+            "snat address of the vip's family"
+        );
         assert_eq!(d.settings.tcp_syn_timeout_ns, 5_000_000_000);
         assert_eq!(d.settings.udp_timeout_ns, 60_000_000_000);
         assert_eq!((d.settings.snat_port_min, d.settings.snat_port_max), (2000, 3000));

@@ -32,7 +32,9 @@ pub struct VipReport {
 }
 
 fn compile(cfg: &Config) -> Result<Tables> {
-    Compiler::default().compile(&model::from_config(cfg)).context("compiling the config into tables")
+    Compiler::default()
+        .compile(&model::from_config(cfg))
+        .context("compiling the config into tables")
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -60,7 +62,13 @@ pub fn simulate(cfg: &Config, flows: usize, clients: IpNet) -> Result<Vec<VipRep
             let client = hosts[i % hosts.len()];
             let port = 1024 + ((i / hosts.len()) * 7919 + i) % 64_000;
             let pkt = if spec.proto == PROTO_TCP {
-                Pkt::tcp(&client.to_string(), port as u16, &spec.addr.to_string(), spec.port, TCP_SYN)
+                Pkt::tcp(
+                    &client.to_string(),
+                    port as u16,
+                    &spec.addr.to_string(),
+                    spec.port,
+                    TCP_SYN,
+                )
             } else {
                 Pkt::udp(&client.to_string(), port as u16, &spec.addr.to_string(), spec.port)
             };
@@ -81,7 +89,8 @@ pub fn simulate(cfg: &Config, flows: usize, clients: IpNet) -> Result<Vec<VipRep
                 .find(|s| addr_of(s.addr).0 == b.addr && s.port == u16::from_be(b.port))
                 .map_or(0, |s| s.weight);
             backends.push(BackendShare {
-                backend: SocketAddr::new(ip_of(&b.addr, b.family), u16::from_be(b.port)).to_string(),
+                backend: SocketAddr::new(ip_of(&b.addr, b.family), u16::from_be(b.port))
+                    .to_string(),
                 weight,
                 draining: b.flags & BACKEND_F_DRAINING != 0,
                 ring_slots: vip.ring[1..].iter().filter(|&&s| s == id as u32).count() as u64,
@@ -109,7 +118,11 @@ pub fn print_reports(reports: &[VipReport]) {
             r.ring_size,
             r.backends.len(),
             r.flows,
-            if r.dropped > 0 { format!("  ({} dropped: no backend)", r.dropped) } else { String::new() }
+            if r.dropped > 0 {
+                format!("  ({} dropped: no backend)", r.dropped)
+            } else {
+                String::new()
+            }
         );
         println!("  {:<40} {:>6} {:>12} {:>14}", "backend", "weight", "ring share", "flows");
         for b in &r.backends {
@@ -154,13 +167,29 @@ pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Resul
     let vip_key = VipKey::new(dst.ip(), dst.port(), proto);
     let Some(vip) = tables.vip(&vip_key) else {
         let why = if tables.is_vip_addr(&vip_key.addr, vip_key.family) {
-            format!("{} is a VIP address, but not for port {} {}", dst.ip(), dst.port(), proto_name(proto))
+            format!(
+                "{} is a VIP address, but not for port {} {}",
+                dst.ip(),
+                dst.port(),
+                proto_name(proto)
+            )
         } else {
             format!("{} is not a VIP address", dst.ip())
         };
-        return Ok(Trace { flow, vip: None, verdict: "pass".into(), backend: None, hash: None, ring_slot: None, ring_size: None, why });
+        return Ok(Trace {
+            flow,
+            vip: None,
+            verdict: "pass".into(),
+            backend: None,
+            hash: None,
+            ring_slot: None,
+            ring_size: None,
+            why,
+        });
     };
-    if vip.info.flags & VIP_F_SOURCE_RANGES != 0 && !vip.source_ranges.iter().any(|n| n.contains(&src.ip())) {
+    if vip.info.flags & VIP_F_SOURCE_RANGES != 0
+        && !vip.source_ranges.iter().any(|n| n.contains(&src.ip()))
+    {
         return Ok(Trace {
             flow,
             vip: Some(dst.to_string()),
@@ -181,12 +210,17 @@ pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Resul
         flow,
         vip: Some(dst.to_string()),
         verdict: if chosen.is_some() { "forward".into() } else { "drop (no_backend)".into() },
-        backend: chosen.map(|(_, b)| SocketAddr::new(ip_of(&b.addr, b.family), u16::from_be(b.port)).to_string()),
+        backend: chosen.map(|(_, b)| {
+            SocketAddr::new(ip_of(&b.addr, b.family), u16::from_be(b.port)).to_string()
+        }),
         hash: Some(format!("{hash:#010x}")),
         ring_slot: Some(slot),
         ring_size: Some(vip.ring_size()),
         why: match chosen {
-            Some(_) => format!("{hashed} hash {hash:#010x} maps to slot {slot} of {}; the slot holds this backend", vip.ring_size()),
+            Some(_) => format!(
+                "{hashed} hash {hash:#010x} maps to slot {slot} of {}; the slot holds this backend",
+                vip.ring_size()
+            ),
             None => "the VIP has no active backend".into(),
         },
     })

@@ -21,11 +21,7 @@ pub fn errors(text: &str) -> Vec<String> {
             for d in &diags.0 {
                 assert_eq!(d.file, "t.yaml");
             }
-            diags
-                .0
-                .iter()
-                .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
-                .collect()
+            diags.0.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect()
         }
     }
 }

@@ -65,11 +65,7 @@ pub const fn update16_bytes(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
 #[inline(always)]
 pub const fn update_addr(check: u16, old: &[u8; 16], new: &[u8; 16], family: u8) -> u16 {
     if family == crate::tables::FAMILY_V4 {
-        update4(
-            check,
-            &[old[0], old[1], old[2], old[3]],
-            &[new[0], new[1], new[2], new[3]],
-        )
+        update4(check, &[old[0], old[1], old[2], old[3]], &[new[0], new[1], new[2], new[3]])
     } else {
         update16_bytes(check, old, new)
     }

@@ -63,7 +63,14 @@ impl Conntrack {
 
     /// Tracks a new flow: its forward entry under `key` and its reply entry under the
     /// forward entry's peer key. Evicts least recently used flows when full.
-    pub fn insert(&mut self, key: FlowKey, forward: FlowEntry, reply: FlowEntry, now: u64, s: &Settings) {
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        forward: FlowEntry,
+        reply: FlowEntry,
+        now: u64,
+        s: &Settings,
+    ) {
         let reply_key = forward.peer_key(&key);
         for (k, e) in [(key, forward), (reply_key, reply)] {
             if let Some((old_key, old)) = self.flows.insert(k, e) {
@@ -99,12 +106,12 @@ impl Conntrack {
     #[inline]
     pub fn affinity(&mut self, key: &AffinityKey, now: u64, timeout_s: u32) -> Option<u32> {
         let timeout = timeout_s as u64 * 1_000_000_000;
-        self.affinity
-            .get_mut_live(key, |e| now.saturating_sub(e.last_seen_ns) <= timeout)
-            .map(|e| {
+        self.affinity.get_mut_live(key, |e| now.saturating_sub(e.last_seen_ns) <= timeout).map(
+            |e| {
                 e.last_seen_ns = now;
                 e.backend_id
-            })
+            },
+        )
     }
 
     pub fn set_affinity(&mut self, key: AffinityKey, backend_id: u32, now: u64) {
@@ -201,14 +208,22 @@ mod tests {
         assert_eq!(ct.evictions, 1);
         assert!(ct.peek(&key(1)).is_none());
         let (f1, _) = pair(&key(1), CT_ESTABLISHED, 1);
-        assert!(ct.peek(&f1.peer_key(&key(1))).is_none(), "the evicted flow's reply entry is gone too");
+        assert!(
+            ct.peek(&f1.peer_key(&key(1))).is_none(),
+            "the evicted flow's reply entry is gone too"
+        );
         assert!(ct.peek(&key(3)).is_some());
     }
 
     #[test]
     fn affinity_expires_after_its_timeout() {
         let mut ct = Conntrack::new(4);
-        let k = AffinityKey { client: addr_v4([198, 51, 100, 7]), vip_id: 3, family: FAMILY_V4, _pad: [0; 3] };
+        let k = AffinityKey {
+            client: addr_v4([198, 51, 100, 7]),
+            vip_id: 3,
+            family: FAMILY_V4,
+            _pad: [0; 3],
+        };
         ct.set_affinity(k, 9, 0);
         assert_eq!(ct.affinity(&k, 10 * 1_000_000_000, 10), Some(9));
         assert_eq!(ct.affinity(&k, 21 * 1_000_000_000, 10), None);

@@ -5,9 +5,9 @@
 //! shared fixture table.
 #![deny(unsafe_code)]
 
-pub mod maglev;
-pub mod wire;
 pub mod conntrack;
 pub mod lru;
-pub mod tables;
+pub mod maglev;
 pub mod pipeline;
+pub mod tables;
+pub mod wire;

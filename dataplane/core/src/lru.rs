@@ -85,11 +85,7 @@ impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
             self.touch(i);
             return None;
         }
-        let evicted = if self.index.len() >= self.capacity {
-            self.pop_lru()
-        } else {
-            None
-        };
+        let evicted = if self.index.len() >= self.capacity { self.pop_lru() } else { None };
         let slot = Slot { key, value, prev: NIL, next: NIL };
         let i = match self.free.pop() {
             Some(i) => {

@@ -22,8 +22,7 @@
 use crate::conntrack::Conntrack;
 use crate::tables::{NextHop, Tables, Vip};
 use crate::wire::{
-    self, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket,
-    UdpPacket,
+    self, EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 use arc_swap::{ArcSwap, Cache};
 use std::net::IpAddr;
@@ -203,7 +202,14 @@ impl Pipeline {
         }
     }
 
-    fn tcp_udp(&mut self, t: &Tables, frame: &mut [u8], ip: &Ip, ingress: u32, now: u64) -> Step<Verdict> {
+    fn tcp_udp(
+        &mut self,
+        t: &Tables,
+        frame: &mut [u8],
+        ip: &Ip,
+        ingress: u32,
+        now: u64,
+    ) -> Step<Verdict> {
         let to_vip_addr = t.is_vip_addr(&ip.dst, ip.family);
         if ip.later_fragment {
             // Decision (README, "Fragments"): a later fragment has no ports to find its
@@ -225,7 +231,8 @@ impl Pipeline {
             family: ip.family,
             _pad: [0; 2],
         };
-        let vip_key = VipKey { addr: ip.dst, port: key.dst_port, proto: ip.proto, family: ip.family };
+        let vip_key =
+            VipKey { addr: ip.dst, port: key.dst_port, proto: ip.proto, family: ip.family };
         let len = frame.len() as u64;
         let settings = t.settings;
 
@@ -274,10 +281,19 @@ impl Pipeline {
     }
 
     /// Chooses a backend for a flow the conntrack does not know, and tracks it.
-    fn new_flow(&mut self, t: &Tables, vip: &Vip, key: &FlowKey, tcp_flags: u8, now: u64) -> Step<FlowEntry> {
+    fn new_flow(
+        &mut self,
+        t: &Tables,
+        vip: &Vip,
+        key: &FlowKey,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Step<FlowEntry> {
         let vip_id = vip.info.vip_id;
         let usable = |id: u32| {
-            t.backend(id).filter(|b| b.vip_id == vip_id && b.flags & BACKEND_F_DRAINING == 0).is_some()
+            t.backend(id)
+                .filter(|b| b.vip_id == vip_id && b.flags & BACKEND_F_DRAINING == 0)
+                .is_some()
         };
         let backend_id = if vip.info.flags & VIP_F_AFFINITY != 0 {
             let akey = AffinityKey { client: key.src, vip_id, family: key.family, _pad: [0; 3] };
@@ -345,7 +361,14 @@ impl Pipeline {
 
     /// A SNAT port whose reply tuple (backend -> SNAT address:port) no live flow uses.
     /// Probing starts at a hash of the flow, so concurrent workers rarely collide.
-    fn snat_port(&self, key: &FlowKey, backend: &BackendInfo, snat: &Addr, now: u64, s: &Settings) -> Step<u16> {
+    fn snat_port(
+        &self,
+        key: &FlowKey,
+        backend: &BackendInfo,
+        snat: &Addr,
+        now: u64,
+        s: &Settings,
+    ) -> Step<u16> {
         let span = (s.snat_port_max as u32).saturating_sub(s.snat_port_min as u32) + 1;
         let start = flow_hash(key);
         let mut reply = FlowKey {
@@ -370,7 +393,14 @@ impl Pipeline {
     /// An ICMP error about a tracked flow: translate the outer header and the embedded
     /// one as the flow's own packets are translated, so the error reaches the right end
     /// and names the tuple that end knows (RFC 5508 section 4.2 behaviour).
-    fn icmp_error(&mut self, t: &Tables, frame: &mut [u8], ip: &Ip, ingress: u32, now: u64) -> Step<Verdict> {
+    fn icmp_error(
+        &mut self,
+        t: &Tables,
+        frame: &mut [u8],
+        ip: &Ip,
+        ingress: u32,
+        now: u64,
+    ) -> Step<Verdict> {
         let Some(inner) = parse_icmp_error(frame, ip) else {
             return Ok(Verdict::Pass);
         };
@@ -384,7 +414,12 @@ impl Pipeline {
         let x = *e;
 
         // Embedded packet: its source is the entry's destination side and vice versa.
-        let inner_nat = Nat { src: x.nat_dst, dst: x.nat_src, src_port: x.nat_dst_port, dst_port: x.nat_src_port };
+        let inner_nat = Nat {
+            src: x.nat_dst,
+            dst: x.nat_src,
+            src_port: x.nat_dst_port,
+            dst_port: x.nat_src_port,
+        };
         let inner_ip = Ip {
             l3: inner.l3,
             end: ip.end,
@@ -482,15 +517,20 @@ fn parse_ip(t: &Tables, frame: &[u8]) -> Step<Option<Ip>> {
             let (src, dst) = (p.src_addr(), p.dst_addr());
             let end = l3 + wire::ipv6::HEADER_LEN + p.payload_len() as usize;
             let payload = &frame[l3 + wire::ipv6::HEADER_LEN..end];
-            let walked = match wire::walk_ext_headers(payload, p.next_header(), MAX_IPV6_EXT_HEADERS) {
-                Ok(w) => w,
-                Err(wire::Error::Unsupported) => {
-                    // More extension headers than vipr walks: ours to refuse only if it
-                    // is addressed to a VIP; anything else is the kernel's business.
-                    return if t.is_vip_addr(&dst, FAMILY_V6) { Err(drop::IPV6_EXT_HEADERS) } else { Ok(None) };
-                }
-                Err(e) => return Err(ip_error(e)),
-            };
+            let walked =
+                match wire::walk_ext_headers(payload, p.next_header(), MAX_IPV6_EXT_HEADERS) {
+                    Ok(w) => w,
+                    Err(wire::Error::Unsupported) => {
+                        // More extension headers than vipr walks: ours to refuse only if it
+                        // is addressed to a VIP; anything else is the kernel's business.
+                        return if t.is_vip_addr(&dst, FAMILY_V6) {
+                            Err(drop::IPV6_EXT_HEADERS)
+                        } else {
+                            Ok(None)
+                        };
+                    }
+                    Err(e) => return Err(ip_error(e)),
+                };
             let (later, first) = match walked.fragment {
                 Some(f) => (f.offset != 0, f.offset == 0 && f.more),
                 None => (false, false),
@@ -586,8 +626,12 @@ fn parse_icmp_error(frame: &[u8], ip: &Ip) -> Option<IcmpInner> {
             return None;
         }
         let p = Ipv6Packet::new_unchecked(quoted);
-        let w = wire::walk_ext_headers(&quoted[wire::ipv6::HEADER_LEN..], p.next_header(), MAX_IPV6_EXT_HEADERS)
-            .ok()?;
+        let w = wire::walk_ext_headers(
+            &quoted[wire::ipv6::HEADER_LEN..],
+            p.next_header(),
+            MAX_IPV6_EXT_HEADERS,
+        )
+        .ok()?;
         if w.fragment.is_some_and(|f| f.offset != 0) {
             return None;
         }
@@ -721,8 +765,10 @@ fn set_macs(frame: &mut [u8], hop: &NextHop) {
 /// The backend a flow would get on a VIP right now, without tracking it: what
 /// `vipr trace` and the simulator show. `None`: no such VIP or no backend.
 pub fn choose_backend(t: &Tables, key: &FlowKey) -> Option<(u32, BackendInfo)> {
-    let vip = t.vip(&VipKey { addr: key.dst, port: key.dst_port, proto: key.proto, family: key.family })?;
-    let hash = if vip.info.flags & VIP_F_AFFINITY != 0 { affinity_hash(key) } else { flow_hash(key) };
+    let vip =
+        t.vip(&VipKey { addr: key.dst, port: key.dst_port, proto: key.proto, family: key.family })?;
+    let hash =
+        if vip.info.flags & VIP_F_AFFINITY != 0 { affinity_hash(key) } else { flow_hash(key) };
     let id = vip.slot(hash);
     t.backend(id).map(|b| (id, *b))
 }
@@ -731,5 +777,170 @@ pub fn choose_backend(t: &Tables, key: &FlowKey) -> Option<(u32, BackendInfo)> {
 pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> FlowKey {
     let (s, family) = addr_of(src);
     let (d, _) = addr_of(dst);
-    FlowKey { src: s, dst: d, src_port: src_port.to_be(), dst_port: dst_port.to_be(), proto, family, _pad: [0; 2] }
+    FlowKey {
+        src: s,
+        dst: d,
+        src_port: src_port.to_be(),
+        dst_port: dst_port.to_be(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{BackendSpec, Compiler, DesiredState, VipSpec};
+    use proptest::prelude::*;
+
+    fn snat_tables(port_min: u16, port_max: u16, backends: usize) -> SharedTables {
+        let vip = VipSpec {
+            addr: "192.0.2.10".parse().unwrap(),
+            port: 8088,
+            proto: PROTO_TCP,
+            snat_addr: Some("192.0.2.2".parse().unwrap()),
+            affinity_timeout_s: None,
+            source_ranges: vec![],
+            ring_max: DEFAULT_RING_MAX,
+            backends: (0..backends)
+                .map(|i| BackendSpec {
+                    addr: format!("192.0.2.{}", 21 + i).parse().unwrap(),
+                    port: 8080,
+                    weight: 1,
+                    draining: false,
+                })
+                .collect(),
+        };
+        let settings =
+            Settings { snat_port_min: port_min, snat_port_max: port_max, ..Settings::default() };
+        SharedTables::new(
+            Compiler::default()
+                .compile(&DesiredState { settings, vips: vec![vip], next_hops: vec![] })
+                .unwrap(),
+        )
+    }
+
+    /// A TCP SYN frame from `src:sport` to the test VIP, built by hand (no checksums:
+    /// the pipeline does not verify them).
+    fn syn(src: [u8; 4], sport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&40u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = PROTO_TCP;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&[192, 0, 2, 10]);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&8088u16.to_be_bytes());
+        f[46] = 5 << 4;
+        f[47] = 0x02;
+        f
+    }
+
+    /// (source address, source port, destination address, destination port) as rewritten.
+    fn tuple(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
+        (
+            f[26..30].try_into().unwrap(),
+            u16::from_be_bytes([f[34], f[35]]),
+            f[30..34].try_into().unwrap(),
+            u16::from_be_bytes([f[36], f[37]]),
+        )
+    }
+
+    proptest! {
+        // However many clients arrive, no two live flows leave with the same tuple: the
+        // backend could not tell their packets apart.
+        #[test]
+        fn snat_never_gives_one_port_to_two_live_flows(
+            clients in proptest::collection::vec((1u8..250, 1024u16..65535), 1..200),
+            span in 1u16..64,
+        ) {
+            let shared = snat_tables(20000, 20000 + span - 1, 2);
+            let mut p = Pipeline::new(&shared, 10_000);
+            let mut seen = std::collections::HashSet::new();
+            let mut forwarded = 0;
+            for (host, port) in clients {
+                let mut f = syn([198, 51, 100, host], port);
+                let before = f.clone();
+                match p.process(&mut f, 1, 1_000_000_000) {
+                    Verdict::Pass => {
+                        let t = tuple(&f);
+                        // A repeated client tuple is the same flow and keeps its port.
+                        if f != before {
+                            prop_assert!((20000..20000 + span).contains(&t.1), "port {} outside the range", t.1);
+                            if seen.insert(tuple(&before)) {
+                                forwarded += 1;
+                            }
+                        }
+                    }
+                    Verdict::Drop { reason } => prop_assert_eq!(reason, drop::SNAT_PORTS_EXHAUSTED),
+                    v => prop_assert!(false, "unexpected verdict {:?}", v),
+                }
+            }
+            // Every tracked forward flow has its own (snat port, backend) pair.
+            let mut used = std::collections::HashSet::new();
+            for (k, e) in p.conntrack.iter() {
+                if e.direction == FLOW_DIR_REPLY {
+                    prop_assert!(used.insert((k.src, k.src_port, k.dst_port)), "reply tuple {:?} used twice", k);
+                }
+            }
+            prop_assert_eq!(used.len(), forwarded);
+        }
+    }
+
+    #[test]
+    fn snat_drops_new_flows_once_every_probed_port_is_taken() {
+        let shared = snat_tables(30000, 30003, 1);
+        let mut p = Pipeline::new(&shared, 100);
+        let mut verdicts = Vec::new();
+        for port in 0..6 {
+            let mut f = syn([198, 51, 100, 7], 40000 + port);
+            verdicts.push(p.process(&mut f, 1, 1_000_000_000));
+        }
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Pass).count(), 4, "{verdicts:?}");
+        assert_eq!(p.counters.drops[drop::SNAT_PORTS_EXHAUSTED as usize], 2);
+    }
+
+    #[test]
+    fn snat_ports_come_back_once_their_flows_expire() {
+        let shared = snat_tables(30000, 30000, 1);
+        let mut p = Pipeline::new(&shared, 100);
+        let t0 = 1_000_000_000;
+        assert_eq!(p.process(&mut syn([198, 51, 100, 7], 40000), 1, t0), Verdict::Pass);
+        assert!(matches!(
+            p.process(&mut syn([198, 51, 100, 7], 40001), 1, t0),
+            Verdict::Drop { .. }
+        ));
+        let later = t0 + Settings::default().tcp_syn_timeout_ns + 1;
+        assert_eq!(p.process(&mut syn([198, 51, 100, 7], 40001), 1, later), Verdict::Pass);
+    }
+
+    #[test]
+    fn vip_and_backend_counters_count_frame_bytes() {
+        let shared = snat_tables(30000, 40000, 1);
+        let mut p = Pipeline::new(&shared, 100);
+        let mut f = syn([198, 51, 100, 7], 40000);
+        let len = f.len() as u64;
+        p.process(&mut f, 1, 1);
+        let mut f = syn([198, 51, 100, 7], 40000);
+        p.process(&mut f, 1, 2);
+        let vip = p.counters.vip(0);
+        assert_eq!((vip.packets, vip.bytes, vip.new_flows), (2, 2 * len, 1));
+        let b = p.counters.backend(0);
+        assert_eq!((b.packets, b.bytes, b.new_flows), (2, 2 * len, 1));
+    }
+
+    #[test]
+    fn new_tables_take_effect_at_the_next_packet() {
+        let shared = snat_tables(30000, 40000, 1);
+        let mut p = Pipeline::new(&shared, 100);
+        assert_eq!(p.process(&mut syn([198, 51, 100, 7], 1), 1, 1), Verdict::Pass);
+        shared.store(Tables::default());
+        let mut f = syn([198, 51, 100, 7], 2);
+        let before = f.clone();
+        assert_eq!(p.process(&mut f, 1, 1), Verdict::Pass);
+        assert_eq!(f, before, "with no VIP the frame passes untouched");
+    }
 }

@@ -111,7 +111,7 @@ impl NextHops {
                 t.prefixes.push((s.dest.trunc(), s.hop));
             }
         }
-        t.prefixes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        t.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.prefix_len()));
         t
     }
 
@@ -216,12 +216,15 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
 
 type BackendKey = (VipKey, BackendIdentity);
 
+/// A VIP's last ring: the backends it was built from, its size, its slots.
+type BuiltRing = (Vec<WeightedBackend>, u32, Arc<[u32]>);
+
 /// Builds `Tables` from `DesiredState`, remembering ids and rings between calls.
 #[derive(Debug)]
 pub struct Compiler {
     vip_ids: Ids<VipKey>,
     backend_ids: Ids<BackendKey>,
-    rings: HashMap<VipKey, (Vec<WeightedBackend>, u32, Arc<[u32]>)>,
+    rings: HashMap<VipKey, BuiltRing>,
     /// Rings built (not reused) by the last compile: what a programmer must rewrite.
     pub rings_built: usize,
 }
@@ -310,7 +313,8 @@ impl Compiler {
             };
             *t.vip_addrs.entry(VipAddrKey::new(key.addr, key.family)).or_insert(0) += 1;
             let source_ranges: Arc<[IpNet]> = spec.source_ranges.iter().map(IpNet::trunc).collect();
-            t.vips.insert(key, Vip { info, key, ring, source_ranges, spec: Arc::new(spec.clone()) });
+            t.vips
+                .insert(key, Vip { info, key, ring, source_ranges, spec: Arc::new(spec.clone()) });
         }
         Ok(t)
     }
@@ -342,7 +346,11 @@ impl Compiler {
         let mut seen = hashbrown::HashSet::new();
         for v in &desired.vips {
             if !seen.insert(v.key()) {
-                return Err(CompileError::DuplicateVip { addr: v.addr, port: v.port, proto: v.proto });
+                return Err(CompileError::DuplicateVip {
+                    addr: v.addr,
+                    port: v.port,
+                    proto: v.proto,
+                });
             }
             let vip = format!("{}:{}", v.addr, v.port);
             for b in &v.backends {
@@ -363,7 +371,8 @@ impl Compiler {
     }
 }
 
-const EMPTY_BACKEND: BackendInfo = BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
+const EMPTY_BACKEND: BackendInfo =
+    BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
 
 fn identity(b: &BackendSpec) -> BackendIdentity {
     BackendIdentity { addr: b.addr, port: b.port }
@@ -371,7 +380,9 @@ fn identity(b: &BackendSpec) -> BackendIdentity {
 
 fn same_backends(a: &[WeightedBackend], b: &[WeightedBackend]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| x.identity == y.identity && x.weight == y.weight && x.id == y.id)
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.identity == y.identity && x.weight == y.weight && x.id == y.id)
 }
 
 #[cfg(test)]
@@ -389,7 +400,12 @@ mod tests {
             ring_max: DEFAULT_RING_MAX,
             backends: backends
                 .iter()
-                .map(|(a, draining)| BackendSpec { addr: a.parse().unwrap(), port: 8080, weight: 1, draining: *draining })
+                .map(|(a, draining)| BackendSpec {
+                    addr: a.parse().unwrap(),
+                    port: 8080,
+                    weight: 1,
+                    draining: *draining,
+                })
                 .collect(),
         }
     }
@@ -413,7 +429,9 @@ mod tests {
     #[test]
     fn unchanged_backends_reuse_the_ring_and_one_change_rebuilds_one_ring() {
         let mut c = Compiler::default();
-        let vips: Vec<_> = (0..50).map(|p| vip(1000 + p, &[("192.0.2.21", false), ("192.0.2.22", false)])).collect();
+        let vips: Vec<_> = (0..50)
+            .map(|p| vip(1000 + p, &[("192.0.2.21", false), ("192.0.2.22", false)]))
+            .collect();
         c.compile(&state(vips.clone())).unwrap();
         assert_eq!(c.rings_built, 50);
         let mut changed = vips.clone();
@@ -446,7 +464,10 @@ mod tests {
     fn duplicate_vips_and_family_mismatches_are_refused() {
         let mut c = Compiler::default();
         let v = vip(80, &[]);
-        assert!(matches!(c.compile(&state(vec![v.clone(), v.clone()])), Err(CompileError::DuplicateVip { .. })));
+        assert!(matches!(
+            c.compile(&state(vec![v.clone(), v.clone()])),
+            Err(CompileError::DuplicateVip { .. })
+        ));
         let w = vip(80, &[("2001:db8::1", false)]);
         assert!(matches!(c.compile(&state(vec![w])), Err(CompileError::FamilyMismatch { .. })));
     }

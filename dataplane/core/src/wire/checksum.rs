@@ -92,10 +92,7 @@ pub fn pseudo_header(src: &IpAddress, dst: &IpAddress, proto: u8, len: usize) ->
 /// Checksum of a whole L4 segment (header and payload) under its pseudo-header. Zero
 /// when the segment's checksum field is correct; the value to store when it is zero.
 pub fn l4_checksum(src: &IpAddress, dst: &IpAddress, proto: u8, segment: &[u8]) -> u16 {
-    finish(combine(
-        pseudo_header(src, dst, proto, segment.len()),
-        sum_bytes(segment),
-    ))
+    finish(combine(pseudo_header(src, dst, proto, segment.len()), sum_bytes(segment)))
 }
 
 #[cfg(test)]
@@ -154,10 +151,7 @@ mod tests {
     fn pseudo_header_dispatches_on_family() {
         let s4 = [10, 0, 0, 1];
         let d4 = [10, 0, 0, 2];
-        assert_eq!(
-            pseudo_header(&s4.into(), &d4.into(), 6, 40),
-            pseudo_header_v4(&s4, &d4, 6, 40)
-        );
+        assert_eq!(pseudo_header(&s4.into(), &d4.into(), 6, 40), pseudo_header_v4(&s4, &d4, 6, 40));
         let s6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let d6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         assert_eq!(

@@ -206,10 +206,7 @@ impl<T: AsRef<[u8]>> VlanHeader<T> {
     /// Ethertype of what follows the tag.
     pub fn ethertype(&self) -> u16 {
         let d = self.buffer.as_ref();
-        u16::from_be_bytes([
-            d[field::VLAN_ETHERTYPE.start],
-            d[field::VLAN_ETHERTYPE.start + 1],
-        ])
+        u16::from_be_bytes([d[field::VLAN_ETHERTYPE.start], d[field::VLAN_ETHERTYPE.start + 1]])
     }
 
     pub fn payload(&self) -> &[u8] {
@@ -308,14 +305,8 @@ mod tests {
 
     #[test]
     fn frame_shorter_than_header_is_truncated() {
-        assert_eq!(
-            EthernetFrame::new_checked(&TAGGED[..13]).err(),
-            Some(Error::Truncated)
-        );
-        assert_eq!(
-            VlanHeader::new_checked(&TAGGED[14..17]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(EthernetFrame::new_checked(&TAGGED[..13]).err(), Some(Error::Truncated));
+        assert_eq!(VlanHeader::new_checked(&TAGGED[14..17]).err(), Some(Error::Truncated));
     }
 
     #[test]

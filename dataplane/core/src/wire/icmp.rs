@@ -119,10 +119,7 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 
     /// Error messages quote the offending packet; vipr routes them by that quote.
     pub fn is_error(&self) -> bool {
-        matches!(
-            self.msg_type(),
-            v4::DEST_UNREACHABLE | v4::TIME_EXCEEDED | v4::PARAMETER_PROBLEM
-        )
+        matches!(self.msg_type(), v4::DEST_UNREACHABLE | v4::TIME_EXCEEDED | v4::PARAMETER_PROBLEM)
     }
 
     /// Everything after the 8-byte header: for errors, the original IP header and at
@@ -235,10 +232,7 @@ impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
     /// Error messages (RFC 4443 section 2.1: types below 128 that vipr knows) quote the
     /// offending packet; vipr routes them by that quote.
     pub fn is_error(&self) -> bool {
-        matches!(
-            self.msg_type(),
-            v6::DEST_UNREACHABLE..=v6::PARAMETER_PROBLEM
-        )
+        matches!(self.msg_type(), v6::DEST_UNREACHABLE..=v6::PARAMETER_PROBLEM)
     }
 
     /// Everything after the 8-byte header: for errors, as much of the original packet
@@ -372,11 +366,7 @@ mod tests {
         for t in 0..=255u8 {
             m[0] = t;
             let expect = matches!(t, 3 | 11 | 12);
-            assert_eq!(
-                Icmpv4Packet::new_unchecked(&m[..]).is_error(),
-                expect,
-                "type {t}"
-            );
+            assert_eq!(Icmpv4Packet::new_unchecked(&m[..]).is_error(), expect, "type {t}");
         }
     }
 
@@ -386,11 +376,7 @@ mod tests {
         for t in 0..=255u8 {
             m[0] = t;
             let expect = (1..=4).contains(&t);
-            assert_eq!(
-                Icmpv6Packet::new_unchecked(&m[..]).is_error(),
-                expect,
-                "type {t}"
-            );
+            assert_eq!(Icmpv6Packet::new_unchecked(&m[..]).is_error(), expect, "type {t}");
         }
     }
 
@@ -428,14 +414,8 @@ mod tests {
 
     #[test]
     fn message_shorter_than_eight_bytes_is_truncated() {
-        assert_eq!(
-            Icmpv4Packet::new_checked(&[0u8; 7][..]).err(),
-            Some(Error::Truncated)
-        );
-        assert_eq!(
-            Icmpv6Packet::new_checked(&[0u8; 7][..]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Icmpv4Packet::new_checked(&[0u8; 7][..]).err(), Some(Error::Truncated));
+        assert_eq!(Icmpv6Packet::new_checked(&[0u8; 7][..]).err(), Some(Error::Truncated));
     }
 
     proptest! {

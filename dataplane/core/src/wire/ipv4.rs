@@ -357,10 +357,7 @@ mod tests {
     fn payload_excludes_ethernet_padding() {
         let p = fixed();
         let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
-        assert_eq!(
-            ip.payload(),
-            &[0x30, 0x39, 0x00, 0x35, 0x00, 0x08, 0x00, 0x00]
-        );
+        assert_eq!(ip.payload(), &[0x30, 0x39, 0x00, 0x35, 0x00, 0x08, 0x00, 0x00]);
     }
 
     #[test]
@@ -417,60 +414,42 @@ mod tests {
 
     #[test]
     fn buffer_shorter_than_twenty_bytes_is_truncated() {
-        assert_eq!(
-            Ipv4Packet::new_checked(&fixed()[..19]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&fixed()[..19]).err(), Some(Error::Truncated));
     }
 
     #[test]
     fn version_other_than_four_is_malformed() {
         let mut p = fixed();
         p[0] = 0x65;
-        assert_eq!(
-            Ipv4Packet::new_checked(&p[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
     }
 
     #[test]
     fn ihl_below_five_is_malformed() {
         let mut p = fixed();
         p[0] = 0x44;
-        assert_eq!(
-            Ipv4Packet::new_checked(&p[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
     }
 
     #[test]
     fn buffer_shorter_than_header_len_is_truncated() {
         let mut p = fixed();
         p[0] = 0x4f; // 60-byte header in a 32-byte buffer
-        assert_eq!(
-            Ipv4Packet::new_checked(&p[..]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&p[..]).err(), Some(Error::Truncated));
     }
 
     #[test]
     fn total_len_shorter_than_header_is_malformed() {
         let mut p = fixed();
         p[2..4].copy_from_slice(&19u16.to_be_bytes());
-        assert_eq!(
-            Ipv4Packet::new_checked(&p[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
     }
 
     #[test]
     fn buffer_shorter_than_total_len_is_truncated() {
         let mut p = fixed();
         p[2..4].copy_from_slice(&33u16.to_be_bytes());
-        assert_eq!(
-            Ipv4Packet::new_checked(&p[..]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&p[..]).err(), Some(Error::Truncated));
         p[2..4].copy_from_slice(&32u16.to_be_bytes());
         assert!(Ipv4Packet::new_checked(&p[..]).is_ok());
     }

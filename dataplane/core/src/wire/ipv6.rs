@@ -423,13 +423,7 @@ pub fn walk_ext_headers(
     loop {
         match next_header {
             HOP_BY_HOP | ROUTING | DEST_OPTS | FRAGMENT => {}
-            proto => {
-                return Ok(Ipv6L4 {
-                    proto,
-                    offset,
-                    fragment,
-                })
-            }
+            proto => return Ok(Ipv6L4 { proto, offset, fragment }),
         }
         if walked == max_headers {
             return Err(Error::Unsupported);
@@ -465,12 +459,8 @@ mod tests {
     use crate::wire::ip_proto::{TCP, UDP};
     use proptest::prelude::*;
 
-    const SRC: [u8; 16] = [
-        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
-    ];
-    const DST: [u8; 16] = [
-        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02,
-    ];
+    const SRC: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
+    const DST: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02];
 
     // Version 6, traffic class 0xb8, flow label 0x12345, payload 8 bytes, UDP, hop
     // limit 64, then 8 bytes of payload and 2 bytes of padding.
@@ -525,29 +515,20 @@ mod tests {
 
     #[test]
     fn buffer_shorter_than_forty_bytes_is_truncated() {
-        assert_eq!(
-            Ipv6Packet::new_checked(&packet()[..39]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv6Packet::new_checked(&packet()[..39]).err(), Some(Error::Truncated));
     }
 
     #[test]
     fn version_other_than_six_is_malformed() {
         let mut p = packet();
         p[0] = 0x4b;
-        assert_eq!(
-            Ipv6Packet::new_checked(&p[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Ipv6Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
     }
 
     #[test]
     fn buffer_shorter_than_payload_len_is_truncated() {
         let p = packet();
-        assert_eq!(
-            Ipv6Packet::new_checked(&p[..47]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv6Packet::new_checked(&p[..47]).err(), Some(Error::Truncated));
         assert!(Ipv6Packet::new_checked(&p[..48]).is_ok());
     }
 
@@ -591,10 +572,7 @@ mod tests {
         assert!(frag.more_frags());
         assert_eq!(frag.ident(), 0xdead_beef);
         assert_eq!(frag.payload().len(), 8);
-        assert_eq!(
-            Ipv6FragmentHeader::new_checked(&c[24..31]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv6FragmentHeader::new_checked(&c[24..31]).err(), Some(Error::Truncated));
     }
 
     #[test]
@@ -606,25 +584,15 @@ mod tests {
         assert_eq!(ext.header_len(), 16);
         assert_eq!(ext.data().len(), 14);
         assert_eq!(ext.payload().len(), 16);
-        assert_eq!(
-            Ipv6ExtHeader::new_checked(&c[8..23]).err(),
-            Some(Error::Truncated)
-        );
-        assert_eq!(
-            Ipv6ExtHeader::new_checked(&c[8..9]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Ipv6ExtHeader::new_checked(&c[8..23]).err(), Some(Error::Truncated));
+        assert_eq!(Ipv6ExtHeader::new_checked(&c[8..9]).err(), Some(Error::Truncated));
     }
 
     #[test]
     fn walk_without_extension_headers_returns_the_first_header() {
         assert_eq!(
             walk_ext_headers(&[], UDP, 4),
-            Ok(Ipv6L4 {
-                proto: UDP,
-                offset: 0,
-                fragment: None
-            })
+            Ok(Ipv6L4 { proto: UDP, offset: 0, fragment: None })
         );
     }
 
@@ -635,11 +603,7 @@ mod tests {
             Ok(Ipv6L4 {
                 proto: TCP,
                 offset: 32,
-                fragment: Some(Ipv6Frag {
-                    offset: 1448,
-                    more: true,
-                    ident: 0xdead_beef
-                })
+                fragment: Some(Ipv6Frag { offset: 1448, more: true, ident: 0xdead_beef })
             })
         );
     }
@@ -651,34 +615,21 @@ mod tests {
             c[0] = proto;
             assert_eq!(
                 walk_ext_headers(&c, HOP_BY_HOP, 4),
-                Ok(Ipv6L4 {
-                    proto,
-                    offset: 8,
-                    fragment: None
-                })
+                Ok(Ipv6L4 { proto, offset: 8, fragment: None })
             );
         }
     }
 
     #[test]
     fn walk_past_the_header_limit_is_unsupported() {
-        assert_eq!(
-            walk_ext_headers(&chain(), HOP_BY_HOP, 2),
-            Err(Error::Unsupported)
-        );
+        assert_eq!(walk_ext_headers(&chain(), HOP_BY_HOP, 2), Err(Error::Unsupported));
         assert!(walk_ext_headers(&chain(), HOP_BY_HOP, 3).is_ok());
     }
 
     #[test]
     fn walk_into_a_cut_header_is_truncated() {
-        assert_eq!(
-            walk_ext_headers(&chain()[..31], HOP_BY_HOP, 4),
-            Err(Error::Truncated)
-        );
-        assert_eq!(
-            walk_ext_headers(&chain()[..23], HOP_BY_HOP, 4),
-            Err(Error::Truncated)
-        );
+        assert_eq!(walk_ext_headers(&chain()[..31], HOP_BY_HOP, 4), Err(Error::Truncated));
+        assert_eq!(walk_ext_headers(&chain()[..23], HOP_BY_HOP, 4), Err(Error::Truncated));
     }
 
     #[test]

@@ -395,10 +395,7 @@ mod tests {
 
     #[test]
     fn buffer_shorter_than_twenty_bytes_is_truncated() {
-        assert_eq!(
-            TcpPacket::new_checked(&SYN[..19]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(TcpPacket::new_checked(&SYN[..19]).err(), Some(Error::Truncated));
     }
 
     #[test]
@@ -410,10 +407,7 @@ mod tests {
 
     #[test]
     fn header_len_past_the_buffer_is_truncated() {
-        assert_eq!(
-            TcpPacket::new_checked(&SYN[..23]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(TcpPacket::new_checked(&SYN[..23]).err(), Some(Error::Truncated));
     }
 
     #[test]

@@ -198,9 +198,8 @@ mod tests {
 
     // 10.0.0.1:12345 -> 10.0.0.53:53, payload "hi!!", then two bytes of padding.
     // Checksum computed independently (python) over the pseudo-header.
-    const DATAGRAM: [u8; 14] = [
-        0x30, 0x39, 0x00, 0x35, 0x00, 0x0c, 0x31, 0xa8, b'h', b'i', b'!', b'!', 0xee, 0xee,
-    ];
+    const DATAGRAM: [u8; 14] =
+        [0x30, 0x39, 0x00, 0x35, 0x00, 0x0c, 0x31, 0xa8, b'h', b'i', b'!', b'!', 0xee, 0xee];
 
     fn v4(a: [u8; 4]) -> IpAddress {
         IpAddress::V4(a)
@@ -228,10 +227,7 @@ mod tests {
         udp.set_len(13);
         udp.set_checksum(0x0506);
         udp.payload_mut()[4] = 0xaa;
-        assert_eq!(
-            p,
-            [1, 2, 3, 4, 0, 13, 5, 6, b'h', b'i', b'!', b'!', 0xaa, 0xee]
-        );
+        assert_eq!(p, [1, 2, 3, 4, 0, 13, 5, 6, b'h', b'i', b'!', b'!', 0xaa, 0xee]);
     }
 
     #[test]
@@ -272,10 +268,7 @@ mod tests {
 
     #[test]
     fn buffer_shorter_than_eight_bytes_is_truncated() {
-        assert_eq!(
-            UdpPacket::new_checked(&DATAGRAM[..7]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(UdpPacket::new_checked(&DATAGRAM[..7]).err(), Some(Error::Truncated));
     }
 
     #[test]
@@ -287,24 +280,14 @@ mod tests {
 
     #[test]
     fn length_field_past_the_buffer_is_truncated() {
-        assert_eq!(
-            UdpPacket::new_checked(&DATAGRAM[..11]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(UdpPacket::new_checked(&DATAGRAM[..11]).err(), Some(Error::Truncated));
         assert!(UdpPacket::new_checked(&DATAGRAM[..12]).is_ok());
     }
 
     #[test]
     fn repr_parse_stops_at_the_length_field() {
         let repr = UdpRepr::parse(&UdpPacket::new_checked(&DATAGRAM[..]).unwrap()).unwrap();
-        assert_eq!(
-            repr,
-            UdpRepr {
-                src_port: 12345,
-                dst_port: 53,
-                payload: b"hi!!"
-            }
-        );
+        assert_eq!(repr, UdpRepr { src_port: 12345, dst_port: 53, payload: b"hi!!" });
     }
 
     fn addr_strategy() -> impl Strategy<Value = (IpAddress, IpAddress)> {
