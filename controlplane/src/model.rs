@@ -66,7 +66,8 @@ pub fn settings(cfg: &Config) -> Settings {
         udp_timeout_ns: ns(c.udp),
         snat_port_min: cfg.snat.port_min,
         snat_port_max: cfg.snat.port_max,
-        _pad: 0,
+        flags: 0,
+        fixed_now_ns: 0,
     }
 }
 

@@ -12,6 +12,9 @@
 
 pub mod checksum;
 pub mod hash;
+pub mod maps;
+#[cfg(feature = "user")]
+mod pod;
 pub mod tables;
 
 pub use hash::{affinity_hash, flow_hash, ring_index, FLOW_HASH_SEED};

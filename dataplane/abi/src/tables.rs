@@ -117,17 +117,49 @@ impl VipAddrKey {
     }
 }
 
-/// Key of the allowed-source-range LPM trie: `prefixlen` counts the 32 bits of `vip_id`
-/// plus the range's prefix length, so one trie serves every VIP.
+/// Data of the allowed-source-range LPM trie key (the trie's prefix length comes in
+/// front of it): the prefix length counts the 32 bits of `vip_id_be` plus the range's
+/// own, so one trie serves every VIP. Ranges of the other family than the VIP's are
+/// never programmed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SourceRangeKey {
-    pub prefixlen: u32,
     /// Big-endian, so the LPM trie matches it bit by bit like an address.
     pub vip_id_be: u32,
     pub addr: Addr,
 }
-assert_size!(SourceRangeKey, 24);
+assert_size!(SourceRangeKey, 20);
+
+// ---------------------------------------------------------------------------------------
+// Next hops (static forwarding; the XDP program falls back to the kernel FIB)
+
+/// Data of the next-hop LPM trie key: the prefix length counts the 32 bits of
+/// `family_be` plus the destination prefix's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NextHopKey {
+    /// `FAMILY_V4` / `FAMILY_V6`, big-endian (see `SourceRangeKey::vip_id_be`).
+    pub family_be: u32,
+    pub addr: Addr,
+}
+assert_size!(NextHopKey, 20);
+
+/// Where frames to a destination go when vipr forwards them itself: out of `ifindex`
+/// (the ingress interface means XDP_TX), from `src_mac` to `dst_mac`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NextHopValue {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+assert_size!(NextHopValue, 16);
+
+/// Prefix length of an LPM key whose data is a 32-bit tag followed by an address with
+/// `addr_prefix_len` significant bits.
+pub const fn lpm_prefix_len(addr_prefix_len: u8) -> u32 {
+    32 + addr_prefix_len as u32
+}
 
 // ---------------------------------------------------------------------------------------
 // Backends
@@ -285,9 +317,18 @@ pub struct Settings {
     pub snat_port_min: u16,
     /// Host byte order, inclusive.
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// `SETTINGS_F_*`.
+    pub flags: u32,
+    /// When non-zero, the packet path's clock instead of the monotonic one: the fixture
+    /// replays set it before each frame so timeouts are tested exactly. Zero in service.
+    pub fixed_now_ns: u64,
 }
-assert_size!(Settings, 40);
+
+/// Settings flag: when the next-hop table has no entry for a translated frame, ask the
+/// kernel FIB (`bpf_fib_lookup`); without it such frames pass to the kernel to be routed.
+/// Set by `vipr run`; left off in the fixture table, whose next hops are all static.
+pub const SETTINGS_F_FIB_LOOKUP: u32 = 1 << 0;
+assert_size!(Settings, 48);
 
 impl Settings {
     pub const fn timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
@@ -312,7 +353,8 @@ impl Default for Settings {
             udp_timeout_ns: 30 * S,
             snat_port_min: 1024,
             snat_port_max: 65535,
-            _pad: 0,
+            flags: 0,
+            fixed_now_ns: 0,
         }
     }
 }
