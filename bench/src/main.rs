@@ -6,12 +6,14 @@
 //!   reverse-NAT, non-VIP pass; 1 and 1,000,000 tracked flows) against a MAC-swap loop
 //!   over the same frames;
 //! - maglev: ring build time at M = 65537, N = 10 / 100 / 1000, against the paper's
-//!   textbook population loop.
+//!   textbook population loop;
+//! - xdp: the XDP program's ns/packet through BPF_PROG_TEST_RUN against a bare XDP_PASS.
 //!
 //! `--write FILE` replaces this tool's sections of FILE (bench/RESULTS.md), keeping the
 //! sections other benchmarks write.
 
 mod textbook_maglev;
+mod xdp;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -38,7 +40,7 @@ struct Args {
     /// Replace this tool's sections of this Markdown file with the results.
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Which suites: pipeline, maglev (default both).
+    /// Which suites: pipeline, maglev, xdp (default all; xdp needs root).
     suites: Vec<String>,
 }
 
@@ -52,6 +54,9 @@ fn main() -> Result<()> {
     }
     if want("maglev") {
         sections.push(("maglev", maglev_suite(&args)));
+    }
+    if want("xdp") {
+        sections.push(("xdp", xdp::suite(args.smoke, &machine())?));
     }
     for (_, text) in &sections {
         println!("{text}");

@@ -1,17 +1,23 @@
 //! The `vipr` command.
 
-mod model;
-mod simulate;
-
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vipr::{agent, demo, probe, simulate};
 
 const EXAMPLES: &str = "\
 Examples:
+  sudo vipr demo
+      Build the Kubernetes tutorial's Service in network namespaces and watch vipr spread it.
+  sudo vipr run --config config/examples/tutorial.yaml
+      Attach to the config's interfaces and serve its VIPs; SIGHUP or editing the file reloads.
+  sudo vipr status --instance tutorial
+      VIPs, backends, counters and conntrack occupancy from the pinned maps.
+  sudo vipr stop --instance tutorial
+      Detach and unpin.
   vipr validate config/examples/tutorial.yaml
       Check a config; every error is printed as file:line:column.
   vipr simulate -c config/examples/tutorial.yaml --flows 1000
@@ -41,8 +47,82 @@ impl Proto {
     }
 }
 
+/// Names an instance directly or through its config file.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct InstanceArg {
+    /// The instance name (the config's `instance`).
+    #[arg(long)]
+    instance: Option<String>,
+    /// The config file whose instance is meant.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+impl InstanceArg {
+    fn name(&self) -> Result<String> {
+        match (&self.instance, &self.config) {
+            (Some(i), _) => Ok(i.clone()),
+            (None, Some(c)) => Ok(load(c)?.instance),
+            (None, None) => bail!("name an instance with --instance or --config"),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Attach vipr's XDP program to the config's interfaces and serve its VIPs until
+    /// stopped; reloads on SIGHUP and when the file changes.
+    #[command(after_help = "Example:\n  sudo vipr run --config config/examples/tutorial.yaml")]
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Attach inside this network namespace (from `ip netns add`); pins stay in the host's bpffs.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Detach an instance's XDP program and remove its pinned maps (ends its agent first).
+    #[command(after_help = "Example:\n  sudo vipr stop --instance tutorial")]
+    Stop {
+        #[command(flatten)]
+        which: InstanceArg,
+    },
+    /// Show VIPs, backends, ring sizes, counters and conntrack occupancy of a running instance.
+    #[command(after_help = "Example:\n  sudo vipr status --instance tutorial --json")]
+    Status {
+        #[command(flatten)]
+        which: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the Kubernetes tutorial's Service in network namespaces, put vipr in front of it,
+    /// and curl it from a client namespace. Removes everything on exit and on Ctrl-C.
+    Demo,
+    /// A demo backend: answers HTTP and UDP on PORT with its name and the client address it sees.
+    #[command(hide = true)]
+    Backend {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Open connections to a VIP and count which backends answered (JSON).
+    #[command(hide = true)]
+    Probe {
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long)]
+        udp: bool,
+        /// UDP: send every datagram from one socket (one flow).
+        #[arg(long)]
+        same_socket: bool,
+        /// Fetch a stream of this many seconds instead.
+        #[arg(long)]
+        stream: Option<u64>,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
     /// Validate config files; print every error with file:line:column.
     #[command(
         after_help = "Example:\n  vipr validate config/examples/tutorial.yaml config/examples/full.yaml"
@@ -143,6 +223,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("backend  {}", t.backend.as_deref().unwrap_or("-"));
                 println!("why      {}", t.why);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config, netns } => {
+            agent::run(&config, netns.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop { which } => {
+            agent::stop(&which.name()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { which, json } => {
+            let s = agent::status(&which.name()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                agent::print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo => {
+            demo::run().context("the demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backend { name, port } => {
+            probe::backend(&name, port)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { target, count, udp, same_socket, stream, timeout_s } => {
+            let report = match stream {
+                Some(secs) => probe::stream(target, secs),
+                None => probe::probe(
+                    target,
+                    count,
+                    udp,
+                    same_socket,
+                    std::time::Duration::from_secs(timeout_s),
+                ),
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { file, json } => {

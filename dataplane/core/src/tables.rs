@@ -115,6 +115,12 @@ impl NextHops {
         t
     }
 
+    /// Every entry: host routes as /32 or /128, then the prefixes.
+    pub fn entries(&self) -> impl Iterator<Item = (IpNet, NextHop)> + '_ {
+        let hosts = self.hosts.iter().map(|(ip, hop)| (IpNet::from(*ip), *hop));
+        hosts.chain(self.prefixes.iter().copied())
+    }
+
     #[inline]
     pub fn lookup(&self, ip: IpAddr) -> Option<NextHop> {
         if let Some(h) = self.hosts.get(&ip) {
@@ -201,6 +207,19 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
         Some(id)
     }
 
+    /// Takes over ids handed out before (by an agent whose tables a restarted one
+    /// adopts); the gaps between them become free ids.
+    fn adopt(&mut self, pairs: impl IntoIterator<Item = (K, u32)>) {
+        for (key, id) in pairs {
+            if id < self.limit {
+                self.ids.insert(key, id);
+                self.next = self.next.max(id + 1);
+            }
+        }
+        let used: hashbrown::HashSet<u32> = self.ids.values().copied().collect();
+        self.free = (0..self.next).rev().filter(|id| !used.contains(id)).collect();
+    }
+
     /// Frees the ids of keys not in `keep`.
     fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         let free = &mut self.free;
@@ -241,6 +260,18 @@ impl Default for Compiler {
 }
 
 impl Compiler {
+    /// Starts from the ids of tables already programmed (read back from a pinned
+    /// dataplane), so conntrack entries and counters keep meaning the same VIP and
+    /// backend after an agent restart. Call before the first `compile`.
+    pub fn adopt_ids(
+        &mut self,
+        vips: impl IntoIterator<Item = (VipKey, u32)>,
+        backends: impl IntoIterator<Item = (VipKey, BackendIdentity, u32)>,
+    ) {
+        self.vip_ids.adopt(vips);
+        self.backend_ids.adopt(backends.into_iter().map(|(vip, b, id)| ((vip, b), id)));
+    }
+
     pub fn compile(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
         self.check(desired)?;
         let wanted: hashbrown::HashSet<VipKey> = desired.vips.iter().map(VipSpec::key).collect();
@@ -470,6 +501,21 @@ mod tests {
         ));
         let w = vip(80, &[("2001:db8::1", false)]);
         assert!(matches!(c.compile(&state(vec![w])), Err(CompileError::FamilyMismatch { .. })));
+    }
+
+    #[test]
+    fn adopted_ids_are_kept_and_their_gaps_reused() {
+        let v = vip(80, &[("192.0.2.21", false), ("192.0.2.22", false)]);
+        let ident = |a: &str| BackendIdentity { addr: a.parse().unwrap(), port: 8080 };
+        let mut c = Compiler::default();
+        c.adopt_ids([(v.key(), 5)], [(v.key(), ident("192.0.2.22"), 3)]);
+        let t = c.compile(&state(vec![v.clone(), vip(81, &[("192.0.2.23", false)])])).unwrap();
+        assert_eq!(t.vips[&v.key()].info.vip_id, 5);
+        assert_eq!(t.backends[3].addr[..4], [192, 0, 2, 22]);
+        // The other backends take free ids below the adopted ones, not 4 and up.
+        let ids: Vec<usize> =
+            (0..t.backends.len()).filter(|&i| t.backends[i].family != 0).collect();
+        assert_eq!(ids, vec![0, 1, 3]);
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! Typed handles on every map of the XDP program (schema: `vipr_abi::maps`).
+
+use crate::{map_err, Error, Result};
+use aya::maps::{
+    lpm_trie::LpmTrie, Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+};
+use std::path::Path;
+use vipr_abi::maps as names;
+use vipr_abi::*;
+use vipr_dataplane::pipeline::Counters;
+
+pub struct Maps {
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    pub rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    pub backends: Array<MapData, BackendInfo>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub next_hops: LpmTrie<MapData, NextHopKey, NextHopValue>,
+    pub conntrack: HashMap<MapData, FlowKey, FlowEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
+    pub settings: Array<MapData, Settings>,
+    pub verdicts: PerCpuArray<MapData, u64>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub vip_stats: PerCpuArray<MapData, Stats>,
+    pub backend_stats: PerCpuArray<MapData, Stats>,
+    /// Entries the conntrack map holds (two a flow).
+    conntrack_capacity: u32,
+}
+
+/// Conntrack occupancy as `vipr status` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackSummary {
+    /// Flows: forward entries (each flow also has a reply entry).
+    pub flows: usize,
+    pub entries: usize,
+    /// Entries the map can hold (two a flow).
+    pub capacity: u32,
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(name: &'static str, map: Map) -> Result<T> {
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl Maps {
+    /// Takes every map out of a freshly loaded object.
+    pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(Error::MissingMap { map: name });
+        Self::build(&mut take)
+    }
+
+    /// Opens the maps an agent pinned in `dir` (for `vipr status` and the tests).
+    pub fn from_pins(dir: &Path) -> Result<Self> {
+        let mut open = |name: &'static str| {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        };
+        Self::build(&mut open)
+    }
+
+    fn build(get: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        let conntrack = get(names::CONNTRACK)?;
+        let conntrack_capacity = match &conntrack {
+            Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(Maps {
+            conntrack_capacity,
+            vips: typed(names::VIPS, get(names::VIPS)?)?,
+            vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
+            rings: typed(names::RINGS, get(names::RINGS)?)?,
+            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
+            source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
+            next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
+            conntrack: typed(names::CONNTRACK, conntrack)?,
+            affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
+            settings: typed(names::SETTINGS, get(names::SETTINGS)?)?,
+            verdicts: typed(names::VERDICTS, get(names::VERDICTS)?)?,
+            drops: typed(names::DROPS, get(names::DROPS)?)?,
+            vip_stats: typed(names::VIP_STATS, get(names::VIP_STATS)?)?,
+            backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings.get(&0, 0).map_err(map_err(names::SETTINGS))
+    }
+
+    pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
+        self.settings.set(0, s, 0).map_err(map_err(names::SETTINGS))
+    }
+
+    /// Counters summed over every CPU. `vips` and `backends` are indexed by id, as long as
+    /// the highest id with traffic.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = Counters::default();
+        for (i, v) in self.verdicts.iter().enumerate() {
+            c.verdicts[i] = v.map_err(map_err(names::VERDICTS))?.iter().sum();
+        }
+        for (i, v) in self.drops.iter().enumerate() {
+            c.drops[i] = v.map_err(map_err(names::DROPS))?.iter().sum();
+        }
+        c.vips = sum_stats(&self.vip_stats, names::VIP_STATS)?;
+        c.backends = sum_stats(&self.backend_stats, names::BACKEND_STATS)?;
+        Ok(c)
+    }
+
+    /// Zeroes every counter (the fixture runner starts each case from zero).
+    pub fn reset_counters(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        let zero = |n| PerCpuValues::try_from(vec![0u64; n]).expect("one value a CPU");
+        for i in 0..self.verdicts.len() {
+            self.verdicts.set(i, zero(cpus), 0).map_err(map_err(names::VERDICTS))?;
+        }
+        for i in 0..self.drops.len() {
+            self.drops.set(i, zero(cpus), 0).map_err(map_err(names::DROPS))?;
+        }
+        let zero_stats =
+            || PerCpuValues::try_from(vec![Stats::default(); cpus]).expect("one value a CPU");
+        for i in 0..self.vip_stats.len() {
+            self.vip_stats.set(i, zero_stats(), 0).map_err(map_err(names::VIP_STATS))?;
+        }
+        for i in 0..self.backend_stats.len() {
+            self.backend_stats.set(i, zero_stats(), 0).map_err(map_err(names::BACKEND_STATS))?;
+        }
+        Ok(())
+    }
+
+    /// Every conntrack entry (a snapshot; the packet path keeps changing it).
+    pub fn conntrack_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn conntrack_summary(&self) -> ConntrackSummary {
+        let entries = self.conntrack_entries();
+        ConntrackSummary {
+            flows: entries.iter().filter(|(_, e)| e.direction == FLOW_DIR_FORWARD).count(),
+            entries: entries.len(),
+            capacity: self.conntrack_capacity,
+        }
+    }
+
+    /// Forgets every tracked flow and affinity.
+    pub fn clear_conntrack(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = self.conntrack.remove(&k);
+        }
+        let keys: Vec<AffinityKey> = self.affinity.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = self.affinity.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+fn sum_stats(map: &PerCpuArray<MapData, Stats>, name: &'static str) -> Result<Vec<Stats>> {
+    let mut out = Vec::new();
+    for (i, v) in map.iter().enumerate() {
+        let mut s = Stats::default();
+        for cpu in v.map_err(map_err(name))?.iter() {
+            s.add(cpu);
+        }
+        if s != Stats::default() {
+            out.resize(i + 1, Stats::default());
+            out[i] = s;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,233 @@
+//! Programs `Tables` snapshots into the maps, writing only what changed since the last
+//! snapshot it programmed. The first call after an agent (re)start has no last snapshot:
+//! it reads what the maps hold and removes only what the new tables no longer have, so
+//! an adopted dataplane is corrected in place, never flushed.
+//!
+//! Order matters for packets in flight: backends before the rings that name them, rings
+//! before the VIPs that use them; removals last. A ring is never edited in place: a new
+//! inner map is filled aside and swapped into `RINGS` with one update.
+
+use crate::{map_err, Error, Limits, Maps, Result};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, MapData};
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use vipr_abi::maps as names;
+use vipr_abi::*;
+use vipr_dataplane::tables::Tables;
+
+/// What one `program` call wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramReport {
+    pub vips_written: usize,
+    pub vips_removed: usize,
+    pub rings_written: usize,
+    pub backends_written: usize,
+    pub source_ranges_written: usize,
+    pub next_hops_written: usize,
+}
+
+#[derive(Default)]
+pub struct Programmer {
+    programmed: Option<Tables>,
+}
+
+type RangeKey = (u32, SourceRangeKey);
+type HopKey = (u32, NextHopKey);
+
+impl Programmer {
+    pub fn new() -> Self {
+        Programmer::default()
+    }
+
+    /// The snapshot the maps hold, if this programmer wrote it.
+    pub fn programmed(&self) -> Option<&Tables> {
+        self.programmed.as_ref()
+    }
+
+    pub fn program(
+        &mut self,
+        maps: &mut Maps,
+        limits: &Limits,
+        t: &Tables,
+    ) -> Result<ProgramReport> {
+        let ranges = source_ranges(t);
+        let hops = next_hops(t);
+        check_limits(limits, t, ranges.len(), hops.len())?;
+        let mut report = ProgramReport::default();
+        let prev = self.programmed.take();
+
+        if prev.as_ref().map(|p| p.settings) != Some(t.settings) {
+            maps.set_settings(&t.settings)?;
+        }
+
+        // Backends.
+        let prev_backends = match &prev {
+            Some(p) => p.backends.clone(),
+            None => maps.backends.iter().map(|b| b.unwrap_or(EMPTY_BACKEND)).collect(),
+        };
+        let len = t.backends.len().max(prev_backends.len());
+        for id in 0..len {
+            let new = t.backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
+            let old = prev_backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
+            if new != old && id < limits.backends as usize {
+                maps.backends.set(id as u32, new, 0).map_err(map_err(names::BACKENDS))?;
+                report.backends_written += 1;
+            }
+        }
+
+        // Rings, then VIPs.
+        let prev_vips: HashMap<VipKey, (VipInfo, Option<Arc<[u32]>>)> = match &prev {
+            Some(p) => p.vips.iter().map(|(k, v)| (*k, (v.info, Some(v.ring.clone())))).collect(),
+            None => {
+                maps.vips.iter().filter_map(|r| r.ok()).map(|(k, info)| (k, (info, None))).collect()
+            }
+        };
+        for (key, vip) in &t.vips {
+            let old = prev_vips.get(key);
+            let same_ring = old.is_some_and(|(info, ring)| {
+                info.vip_id == vip.info.vip_id
+                    && ring.as_ref().is_some_and(|r| Arc::ptr_eq(r, &vip.ring))
+            });
+            if !same_ring {
+                write_ring(maps, vip.info.vip_id, &vip.ring)?;
+                report.rings_written += 1;
+            }
+            if old.map(|(info, _)| info) != Some(&vip.info) {
+                maps.vips.insert(key, vip.info, 0).map_err(map_err(names::VIPS))?;
+                report.vips_written += 1;
+            }
+        }
+
+        // Source ranges: the VIPs that use them are in place; new ranges before
+        // removals, so a VIP whose ranges change never denies everyone in between.
+        let prev_ranges: HashSet<RangeKey> = match &prev {
+            Some(p) => source_ranges(p),
+            None => maps
+                .source_ranges
+                .keys()
+                .filter_map(|k| k.ok())
+                .map(|k| (k.prefix_len(), k.data()))
+                .collect(),
+        };
+        for &(plen, data) in ranges.difference(&prev_ranges) {
+            maps.source_ranges
+                .insert(&Key::new(plen, data), 1, 0)
+                .map_err(map_err(names::SOURCE_RANGES))?;
+            report.source_ranges_written += 1;
+        }
+
+        // Next hops.
+        let prev_hops: HashMap<HopKey, NextHopValue> = match &prev {
+            Some(p) => next_hops(p),
+            None => maps
+                .next_hops
+                .iter()
+                .filter_map(|r| r.ok())
+                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                .collect(),
+        };
+        for (&(plen, data), value) in &hops {
+            if prev_hops.get(&(plen, data)) != Some(value) {
+                maps.next_hops
+                    .insert(&Key::new(plen, data), value, 0)
+                    .map_err(map_err(names::NEXT_HOPS))?;
+                report.next_hops_written += 1;
+            }
+        }
+
+        // VIP addresses (for fragments and the ICMP path).
+        let prev_addrs: HashMap<VipAddrKey, u32> = match &prev {
+            Some(p) => p.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect(),
+            None => maps.vip_addrs.iter().filter_map(|r| r.ok()).collect(),
+        };
+        for (k, n) in &t.vip_addrs {
+            if prev_addrs.get(k) != Some(n) {
+                maps.vip_addrs.insert(k, n, 0).map_err(map_err(names::VIP_ADDRS))?;
+            }
+        }
+
+        // Removals.
+        for key in prev_vips.keys().filter(|k| !t.vips.contains_key(*k)) {
+            maps.vips.remove(key).map_err(map_err(names::VIPS))?;
+            report.vips_removed += 1;
+        }
+        for k in prev_addrs.keys().filter(|k| !t.vip_addrs.contains_key(*k)) {
+            maps.vip_addrs.remove(k).map_err(map_err(names::VIP_ADDRS))?;
+        }
+        for &(plen, data) in prev_ranges.difference(&ranges) {
+            maps.source_ranges
+                .remove(&Key::new(plen, data))
+                .map_err(map_err(names::SOURCE_RANGES))?;
+        }
+        for &(plen, data) in prev_hops.keys().filter(|k| !hops.contains_key(*k)) {
+            maps.next_hops.remove(&Key::new(plen, data)).map_err(map_err(names::NEXT_HOPS))?;
+        }
+
+        self.programmed = Some(t.clone());
+        Ok(report)
+    }
+}
+
+const EMPTY_BACKEND: BackendInfo =
+    BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
+
+/// Fills a new inner map with `ring` and swaps it into the VIP's `RINGS` slot.
+fn write_ring(maps: &mut Maps, vip_id: u32, ring: &[u32]) -> Result<()> {
+    let mut inner = Array::<MapData, u32>::create(ring.len() as u32, names::BPF_F_INNER_MAP)
+        .map_err(map_err(names::RINGS))?;
+    for (i, slot) in ring.iter().enumerate() {
+        inner.set(i as u32, slot, 0).map_err(map_err(names::RINGS))?;
+    }
+    maps.rings.set(vip_id, &inner, 0).map_err(map_err(names::RINGS))
+}
+
+/// Every VIP's allowed source ranges as LPM keys. Ranges of the other family than the
+/// VIP's can never match its packets, and are left out (the userspace pipeline checks
+/// the family; the trie could not tell a v4 range from the start of a v6 one).
+fn source_ranges(t: &Tables) -> HashSet<RangeKey> {
+    let mut out = HashSet::new();
+    for vip in t.vips.values() {
+        for net in vip.source_ranges.iter() {
+            if net.addr().is_ipv4() != (vip.key.family == FAMILY_V4) {
+                continue;
+            }
+            let (addr, _) = addr_of(net.network());
+            out.insert((
+                lpm_prefix_len(net.prefix_len()),
+                SourceRangeKey { vip_id_be: vip.info.vip_id.to_be(), addr },
+            ));
+        }
+    }
+    out
+}
+
+fn next_hops(t: &Tables) -> HashMap<HopKey, NextHopValue> {
+    t.next_hops
+        .entries()
+        .map(|(net, hop): (IpNet, _)| {
+            let (addr, family) = addr_of(net.network());
+            let key = NextHopKey { family_be: u32::from(family).to_be(), addr };
+            let value =
+                NextHopValue { ifindex: hop.ifindex, src_mac: hop.src_mac, dst_mac: hop.dst_mac };
+            ((lpm_prefix_len(net.prefix_len()), key), value)
+        })
+        .collect()
+}
+
+fn check_limits(limits: &Limits, t: &Tables, ranges: usize, hops: usize) -> Result<()> {
+    let max_vip_id = t.vips.values().map(|v| v.info.vip_id as usize + 1).max().unwrap_or(0);
+    let checks = [
+        ("VIP", names::VIPS, max_vip_id.max(t.vips.len()), limits.vips),
+        ("backend", names::BACKENDS, t.backends.len(), limits.backends),
+        ("source range", names::SOURCE_RANGES, ranges, limits.source_ranges),
+        ("next hop", names::NEXT_HOPS, hops, limits.next_hops),
+    ];
+    for (what, map, needed, limit) in checks {
+        if needed > limit as usize {
+            return Err(Error::TooSmall { what, map, needed, limit });
+        }
+    }
+    Ok(())
+}
