@@ -14,7 +14,7 @@ fi
 # Debian packages. llvm-22-dev is what bpf-linker links against.
 APT_PACKAGES=(
   build-essential pkg-config clang-22 llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-  iproute2 iptables nftables iperf3 curl ethtool procps psmisc
+  iproute2 iptables nftables conntrack iperf3 curl ethtool procps psmisc
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -7,11 +7,15 @@
 //!   over the same frames;
 //! - maglev: ring build time at M = 65537, N = 10 / 100 / 1000, against the paper's
 //!   textbook population loop;
-//! - xdp: the XDP program's ns/packet through BPF_PROG_TEST_RUN against a bare XDP_PASS.
+//! - xdp: the XDP program's ns/packet through BPF_PROG_TEST_RUN against a bare XDP_PASS;
+//! - forward: delivered rate, latency, CPU and balance through the netns bench topology,
+//!   vipr against kube-proxy's iptables and nftables rule sets and a bare XDP redirect.
 //!
 //! `--write FILE` replaces this tool's sections of FILE (bench/RESULTS.md), keeping the
 //! sections other benchmarks write.
 
+mod forward;
+mod kube_proxy;
 mod textbook_maglev;
 mod xdp;
 
@@ -37,14 +41,33 @@ struct Args {
     /// Tracked flows of the large-table scenarios.
     #[arg(long, default_value_t = 1_000_000)]
     flows: usize,
-    /// Replace this tool's sections of this Markdown file with the results.
+    /// Replace this tool's sections of this Markdown file with the results (the forward
+    /// suite also writes forwarding.json and forwarding.svg beside it).
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Which suites: pipeline, maglev, xdp (default all; xdp needs root).
+    /// forward: flows the packet generator cycles through.
+    #[arg(long, default_value_t = 1000)]
+    gen_flows: u32,
+    /// forward: Zipf-distributed flows instead of uniform.
+    #[arg(long)]
+    zipf: bool,
+    /// forward: frame size in bytes (64 to 1500).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1500))]
+    frame_size: u16,
+    /// forward: numbers of Services to measure at.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 1000, 10000])]
+    services: Vec<usize>,
+    /// Which suites: pipeline, maglev, xdp, forward (default: all; xdp and forward need
+    /// root; forward builds network namespaces).
     suites: Vec<String>,
 }
 
 fn main() -> Result<()> {
+    // The benchmark topology's backends are this binary too.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("backend") {
+        return forward::serve_backend(&argv[2..]);
+    }
     let args = Args::parse();
     let all = args.suites.is_empty();
     let want = |s: &str| all || args.suites.iter().any(|x| x == s);
@@ -58,6 +81,20 @@ fn main() -> Result<()> {
     if want("xdp") {
         sections.push(("xdp", xdp::suite(args.smoke, &machine())?));
     }
+    let mut forwarding = None;
+    if want("forward") {
+        let sizes: Vec<usize> = if args.smoke { vec![1, 10] } else { args.services.clone() };
+        let opts = forward::Opts {
+            smoke: args.smoke,
+            flows: args.gen_flows,
+            zipf: args.zipf,
+            frame_len: args.frame_size as usize,
+            sizes: sizes.clone(),
+        };
+        let (text, samples) = forward::suite(&opts, &machine())?;
+        sections.push(("forward", text));
+        forwarding = Some((samples, sizes));
+    }
     for (_, text) in &sections {
         println!("{text}");
     }
@@ -69,6 +106,12 @@ fn main() -> Result<()> {
         }
         std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+        if let Some((samples, sizes)) = &forwarding {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            std::fs::write(dir.join("forwarding.json"), serde_json::to_string_pretty(samples)?)?;
+            std::fs::write(dir.join("forwarding.svg"), forward::plot(samples, sizes))?;
+            eprintln!("wrote {}/forwarding.json and forwarding.svg", dir.display());
+        }
     }
     Ok(())
 }

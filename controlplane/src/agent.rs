@@ -308,8 +308,7 @@ pub fn status(instance: &str) -> Result<Status> {
     let vips = vips
         .into_iter()
         .map(|(key, info)| {
-            let ring_size =
-                maps.rings.get(&info.vip_id, 0).ok().and_then(|r| r.get(&0, 0).ok()).unwrap_or(0);
+            let ring_size = maps.ring_size(info.vip_id).unwrap_or(0);
             let stats = counters.vip(info.vip_id);
             VipStatus {
                 vip: endpoint(ip_of(&key.addr, key.family), u16::from_be(key.port)),

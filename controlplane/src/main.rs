@@ -114,6 +114,9 @@ enum Cmd {
         count: u64,
         #[arg(long)]
         udp: bool,
+        /// TCP: connection i comes from this source port + i (the same flows every run).
+        #[arg(long)]
+        source_port_base: Option<u16>,
         /// UDP: send every datagram from one socket (one flow).
         #[arg(long)]
         same_socket: bool,
@@ -250,7 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             probe::backend(&name, port)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { target, count, udp, same_socket, stream, timeout_s } => {
+        Cmd::Probe { target, count, udp, same_socket, source_port_base, stream, timeout_s } => {
             let report = match stream {
                 Some(secs) => probe::stream(target, secs),
                 None => probe::probe(
@@ -258,6 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     count,
                     udp,
                     same_socket,
+                    source_port_base,
                     std::time::Duration::from_secs(timeout_s),
                 ),
             };

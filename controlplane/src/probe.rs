@@ -87,20 +87,25 @@ pub struct ProbeReport {
 
 /// Opens `count` TCP connections (or sends `count` UDP datagrams, each from a new
 /// socket unless `same_socket`: one UDP flow) to `target` and records who answered.
+///
+/// With `source_port_base`, connection i comes from that port + i: the flows, and so
+/// the backends Maglev gives them, are the same in every run.
 pub fn probe(
     target: SocketAddr,
     count: u64,
     udp: bool,
     same_socket: bool,
+    source_port_base: Option<u16>,
     timeout: Duration,
 ) -> ProbeReport {
     let mut r = ProbeReport::default();
     let mut socket = None;
-    for _ in 0..count {
+    for i in 0..count {
         let answer = if udp {
             udp_once(target, timeout, if same_socket { Some(&mut socket) } else { None })
         } else {
-            http_get(target, "/", timeout)
+            let source_port = source_port_base.map(|b| b.wrapping_add(i as u16));
+            http_get(target, "/", source_port, timeout)
         };
         match answer {
             Ok(text) => {
@@ -154,8 +159,16 @@ pub fn stream(target: SocketAddr, seconds: u64) -> ProbeReport {
     r
 }
 
-fn http_get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&target, timeout)?;
+fn http_get(
+    target: SocketAddr,
+    path: &str,
+    source_port: Option<u16>,
+    timeout: Duration,
+) -> Result<String> {
+    let mut s = match source_port {
+        None => TcpStream::connect_timeout(&target, timeout)?,
+        Some(port) => connect_from(target, port, timeout)?,
+    };
     s.set_read_timeout(Some(timeout))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
     let mut out = String::new();
@@ -164,6 +177,18 @@ fn http_get(target: SocketAddr, path: &str, timeout: Duration) -> Result<String>
         bail!("unexpected answer {out:?}");
     }
     Ok(out)
+}
+
+/// A TCP connection from a chosen source port (std cannot bind before connecting).
+fn connect_from(target: SocketAddr, port: u16, timeout: Duration) -> Result<TcpStream> {
+    let domain = if target.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    let local: SocketAddr =
+        if target.is_ipv4() { ([0, 0, 0, 0], port).into() } else { ([0u16; 8], port).into() };
+    s.bind(&local.into()).with_context(|| format!("binding source port {port}"))?;
+    s.connect_timeout(&target.into(), timeout)?;
+    Ok(s.into())
 }
 
 fn udp_once(

@@ -10,6 +10,7 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod checksum;
 pub mod hash;
 pub mod maps;

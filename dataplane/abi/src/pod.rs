@@ -1,6 +1,7 @@
 //! `aya::Pod` for every table type, so the loader reads and writes them in maps.
 #![allow(unsafe_code)]
 
+use crate::bench::{PktgenConfig, RedirectTo, SinkCount};
 use crate::tables::*;
 
 macro_rules! pod {
@@ -27,4 +28,7 @@ pod!(
     AffinityEntry,
     Settings,
     Stats,
+    PktgenConfig,
+    SinkCount,
+    RedirectTo,
 );

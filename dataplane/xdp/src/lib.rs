@@ -7,9 +7,11 @@
 //! Nothing outside this crate sees a map name or a byte layout: [`Maps`] is the typed
 //! handle on every table, [`Programmer`] the only writer of the control-plane tables.
 
+pub mod bench;
 mod loader;
 mod maps;
 mod programmer;
+mod sys;
 
 pub use loader::{detach_pinned, pin_dir, AttachMode, Limits, Xdp, PIN_ROOT};
 pub use maps::{ConntrackSummary, Maps};
@@ -77,6 +79,12 @@ pub enum Error {
     },
     #[error("the tables need {needed} {what} entries; the {map} map holds {limit} (raise the limit in the config)")]
     TooSmall { what: &'static str, map: &'static str, needed: usize, limit: u32 },
+    #[error("writing the ring of VIP id {vip_id}: {source}")]
+    Ring {
+        vip_id: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF_PROG_TEST_RUN: {source}")]
     TestRun {
         #[source]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use vipr_abi::maps as names;
 
 /// The XDP object, built by build.rs from dataplane/ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIPR_EBPF_OBJECT"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIPR_EBPF_OBJECT"));
 
 /// Root of every instance's pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/vipr";
@@ -204,7 +204,7 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya
         .map_err(|source| Error::Program { program: name, source })
 }
 
-fn verifier_error(program: &'static str, source: aya::programs::ProgramError) -> Error {
+pub(crate) fn verifier_error(program: &'static str, source: aya::programs::ProgramError) -> Error {
     match &source {
         aya::programs::ProgramError::LoadError { verifier_log, .. } => {
             Error::Verifier { program, log: verifier_log.to_string(), source }

@@ -12,7 +12,8 @@ use vipr_dataplane::pipeline::Counters;
 pub struct Maps {
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    pub rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    /// Inner maps are plain `MapData`: the programmer creates and fills them itself.
+    pub rings: ArrayOfMaps<MapData, MapData>,
     pub backends: Array<MapData, BackendInfo>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub next_hops: LpmTrie<MapData, NextHopKey, NextHopValue>,
@@ -127,6 +128,13 @@ impl Maps {
             self.backend_stats.set(i, zero_stats(), 0).map_err(map_err(names::BACKEND_STATS))?;
         }
         Ok(())
+    }
+
+    /// The ring size (M) of a VIP id, if it has a ring.
+    pub fn ring_size(&self, vip_id: u32) -> Option<u32> {
+        let inner = self.rings.get(&vip_id, 0).ok()?;
+        let ring: Array<MapData, u32> = Array::try_from(Map::Array(inner)).ok()?;
+        ring.get(&0, 0).ok()
     }
 
     /// Every conntrack entry (a snapshot; the packet path keeps changing it).

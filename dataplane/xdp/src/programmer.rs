@@ -7,11 +7,13 @@
 //! before the VIPs that use them; removals last. A ring is never edited in place: a new
 //! inner map is filled aside and swapped into `RINGS` with one update.
 
+use crate::sys;
 use crate::{map_err, Error, Limits, Maps, Result};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, MapData};
+use aya::maps::MapData;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
@@ -173,13 +175,14 @@ impl Programmer {
 const EMPTY_BACKEND: BackendInfo =
     BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
 
-/// Fills a new inner map with `ring` and swaps it into the VIP's `RINGS` slot.
+/// Fills a new inner map with `ring` (one batch call) and swaps it into the VIP's
+/// `RINGS` slot (one update): packets see the old ring or the new one.
 fn write_ring(maps: &mut Maps, vip_id: u32, ring: &[u32]) -> Result<()> {
-    let mut inner = Array::<MapData, u32>::create(ring.len() as u32, names::BPF_F_INNER_MAP)
-        .map_err(map_err(names::RINGS))?;
-    for (i, slot) in ring.iter().enumerate() {
-        inner.set(i as u32, slot, 0).map_err(map_err(names::RINGS))?;
-    }
+    let ring_err = |source| Error::Ring { vip_id, source };
+    let fd = sys::create_u32_array("vipr_ring", ring.len() as u32, names::BPF_F_INNER_MAP)
+        .map_err(ring_err)?;
+    sys::fill_u32_array(fd.as_fd(), ring).map_err(ring_err)?;
+    let inner = MapData::from_fd(fd).map_err(map_err(names::RINGS))?;
     maps.rings.set(vip_id, &inner, 0).map_err(map_err(names::RINGS))
 }
 

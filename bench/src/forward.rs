@@ -1,0 +1,613 @@
+//! End-to-end forwarding through the bench topology (vipr::testbed: client namespace,
+//! router namespace, four backend namespaces, over veth pairs), with each peer in the
+//! router namespace in turn:
+//!
+//! - a bare XDP redirect program (the forwarding limit of this path),
+//! - vipr's XDP program,
+//! - kube-proxy's iptables rule set and its nftables rule set (kube_proxy.rs), at 1, 1k
+//!   and 10k Services, traffic aimed at the first Service and at the last.
+//!
+//! Frames come from `vipr_pktgen` through BPF_PROG_TEST_RUN with live frames, sent out of
+//! the client's veth; `vipr_sink` on each backend's veth counts and drops them, so the
+//! delivered rate and the balance are measured where packets arrive. A latency probe
+//! (sequential HTTP requests through the same path to a Service of real servers, which
+//! the sinks let through) gives percentiles. All of it stays inside the namespaces.
+
+use crate::kube_proxy::{self, Service};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+use vipr::testbed::{self, Testbed};
+use vipr_abi::bench::{RedirectTo, PROG_REDIRECT, PROG_SINK};
+use vipr_abi::*;
+use vipr_dataplane::tables::{BackendSpec, Compiler, DesiredState, VipSpec};
+use vipr_fixtures::frame::Pkt;
+use vipr_xdp::bench::BenchPrograms;
+use vipr_xdp::{AttachMode, Limits, Programmer, Xdp};
+
+/// The port the benchmark Services send to; the sinks drop only what goes there.
+const SINK_PORT: u16 = vipr_abi::bench::SINK_PORT;
+/// The latency Service: real servers answer on the backends' port 8080.
+const LATENCY_VIP: &str = "192.0.2.10";
+const LATENCY_PORT: u16 = 8088;
+
+pub struct Opts {
+    pub smoke: bool,
+    pub flows: u32,
+    pub zipf: bool,
+    pub frame_len: usize,
+    pub sizes: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub peer: String,
+    pub services: usize,
+    pub target: &'static str,
+    pub sent: u64,
+    pub delivered: u64,
+    pub mpps: f64,
+    pub drop_share: f64,
+    pub cpu_ns_per_packet: f64,
+    /// Busiest backend's share over the mean share (1.0 is perfect); 0 when one backend.
+    pub balance_max_over_mean: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Time to load the peer's tables for this many Services.
+    pub load_ms: f64,
+}
+
+/// Runs `f` with this thread in network namespace `name`, then returns to the original.
+fn in_netns<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+    let target =
+        File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
+    let enter = |fd: &File| {
+        // SAFETY: setns on a namespace fd; affects this thread only.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    enter(&target)?;
+    let r = f();
+    enter(&home)?;
+    r
+}
+
+fn mac_of(tb: &Testbed, ns: &str, dev: &str) -> Result<[u8; 6]> {
+    let text = tb.ns(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
+    let mut mac = [0u8; 6];
+    for (i, part) in text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+fn ifindex(tb: &Testbed, ns: &str, dev: &str) -> Result<u32> {
+    Ok(tb.ns(ns, &["cat", &format!("/sys/class/net/{dev}/ifindex")])?.trim().parse()?)
+}
+
+/// Busy CPU time of the whole machine so far, in nanoseconds (/proc/stat, USER_HZ 100).
+fn cpu_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle) * 10_000_000
+}
+
+/// Source ports of the generated flows: `flows` of them, uniform or Zipf (s = 1.1).
+fn port_table(flows: u32, zipf: bool) -> Vec<u16> {
+    let len = vipr_abi::bench::PKTGEN_PORTS_LEN as usize;
+    let flows = flows.clamp(1, 50_000);
+    if !zipf {
+        return (0..len).map(|i| 10_000 + (i as u32 % flows) as u16).collect();
+    }
+    let weights: Vec<f64> = (1..=flows).map(|k| 1.0 / (k as f64).powf(1.1)).collect();
+    let sum: f64 = weights.iter().sum();
+    let mut cdf = Vec::with_capacity(weights.len());
+    let mut acc = 0.0;
+    for w in &weights {
+        acc += w / sum;
+        cdf.push(acc);
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            10_000 + cdf.partition_point(|&c| c < u).min(flows as usize - 1) as u16
+        })
+        .collect()
+}
+
+struct Bed {
+    tb: Testbed,
+    progs: BenchPrograms,
+    c0_ifindex: u32,
+    backends: Vec<IpAddr>,
+}
+
+impl Bed {
+    fn new() -> Result<Self> {
+        let mut tb = Testbed::new("bf-", 4)?;
+        let exe = std::env::current_exe()?;
+        tb.start_backends(exe.to_str().context("bench path")?)?;
+        let lb = tb.lb_ns();
+        // Static neighbours: the measurement never waits for ARP.
+        for i in 0..tb.backends {
+            let mac = mac_of(&tb, &tb.backend_ns(i), "b0")?;
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let dev = format!("lbb{}", i + 1);
+            tb.ns(
+                &lb,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    &testbed::backend_addr(i),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    &dev,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
+        let mut progs = BenchPrograms::load()?;
+        for i in 0..tb.backends {
+            in_netns(&tb.backend_ns(i), || Ok(progs.attach(PROG_SINK, "b0")?))?;
+        }
+        let c0_ifindex = ifindex(&tb, &tb.client_ns(), "c0")?;
+        let backends =
+            (0..tb.backends).map(|i| testbed::backend_addr(i).parse().unwrap()).collect();
+        Ok(Bed { tb, progs, c0_ifindex, backends })
+    }
+
+    fn template(&self, vip: IpAddr, port: u16, frame_len: usize) -> Result<Vec<u8>> {
+        let c0 = mac_of(&self.tb, &self.tb.client_ns(), "c0")?;
+        let lbc = mac_of(&self.tb, &self.tb.lb_ns(), "lbc")?;
+        let headers = 14 + 20 + 8;
+        let pkt = Pkt::udp(testbed::CLIENT, 10_000, &vip.to_string(), port).macs(c0, lbc);
+        Ok(pkt.payload(&vec![0u8; frame_len.saturating_sub(headers).max(6)]).frame())
+    }
+
+    /// Sends `count` frames of `template` and measures what arrives.
+    fn measure(&mut self, template: &[u8], count: u32) -> Result<(u64, Duration, u64, Vec<u64>)> {
+        self.progs.reset_sinks()?;
+        let cpu0 = cpu_busy_ns();
+        let start = Instant::now();
+        let (progs, ifindex) = (&mut self.progs, self.c0_ifindex);
+        in_netns(&self.tb.client_ns(), || Ok(progs.generate(template, ifindex, count, 64)?))?;
+        let wall = start.elapsed();
+        std::thread::sleep(Duration::from_millis(50));
+        let cpu = cpu_busy_ns().saturating_sub(cpu0);
+        let counts = self.progs.sink_counts()?;
+        let per_backend: Vec<u64> = (21..25u8)
+            .map(|b| counts.iter().filter(|(i, _)| *i == b).map(|(_, c)| c.packets).sum())
+            .collect();
+        let delivered = counts.iter().map(|(_, c)| c.packets).sum();
+        Ok((delivered, wall, cpu, per_backend))
+    }
+
+    /// Sequential HTTP requests from the client to the latency Service: percentiles in µs.
+    fn latency(&self, requests: usize) -> Result<(f64, f64)> {
+        let target: SocketAddr = format!("{LATENCY_VIP}:{LATENCY_PORT}").parse()?;
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+        in_netns(&self.tb.client_ns(), || {
+            for _ in 0..requests {
+                let t = Instant::now();
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out)?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+            }
+            Ok(())
+        })
+        .context("latency probe")?;
+        Ok((hist.value_at_quantile(0.5) as f64, hist.value_at_quantile(0.99) as f64))
+    }
+
+    fn flush_conntrack(&self) -> Result<()> {
+        // Flows the previous peer translated must not be reused by the next one.
+        let _ = self.tb.ns(&self.tb.lb_ns(), &["conntrack", "-F"]);
+        Ok(())
+    }
+}
+
+/// The benchmark Services plus the latency Service (last in every chain).
+fn service_set(n: usize, backends: &[IpAddr]) -> Vec<Service> {
+    let mut svcs = kube_proxy::services(n, backends.len(), backends);
+    for s in &mut svcs {
+        for ep in &mut s.endpoints {
+            ep.1 = SINK_PORT;
+        }
+        s.proto = "udp";
+    }
+    svcs.push(Service {
+        vip: LATENCY_VIP.parse().unwrap(),
+        port: LATENCY_PORT,
+        proto: "tcp",
+        endpoints: backends.iter().map(|b| (*b, testbed::BACKEND_PORT)).collect(),
+    });
+    svcs
+}
+
+fn vip_specs(svcs: &[Service]) -> DesiredState {
+    let mut d = DesiredState::default();
+    d.settings.flags |= SETTINGS_F_FIB_LOOKUP;
+    for s in svcs {
+        // A Service lists one backend address several times on different ports in
+        // kube-proxy's layout; vipr's VIPs take each distinct endpoint once.
+        let mut backends: Vec<BackendSpec> = Vec::new();
+        for &(addr, port) in &s.endpoints {
+            if !backends.iter().any(|b| b.addr == addr && b.port == port) {
+                backends.push(BackendSpec { addr, port, weight: 1, draining: false });
+            }
+        }
+        d.vips.push(VipSpec {
+            addr: s.vip,
+            port: s.port,
+            proto: if s.proto == "tcp" { PROTO_TCP } else { PROTO_UDP },
+            snat_addr: None,
+            affinity_timeout_s: None,
+            source_ranges: vec![],
+            ring_max: DEFAULT_RING_MAX,
+            backends,
+        });
+    }
+    d
+}
+
+pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
+    let count: u32 = if opts.smoke { 20_000 } else { 3_000_000 };
+    let requests = if opts.smoke { 5 } else { 200 };
+    let mut bed = Bed::new()?;
+    let ports = port_table(opts.flows, opts.zipf);
+    bed.progs.set_pktgen(&ports, 14 + 20, 0)?;
+    let total = 1 + opts.sizes.len() * 3;
+    let mut done = 0;
+    let mut progress = |what: &str| {
+        done += 1;
+        let width = 30;
+        let filled = width * done / total;
+        eprint!(
+            "\r[{}{}] {done}/{total} {what:<40}",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let mut samples = Vec::new();
+    // The forwarding limit: every frame to backend 1, MACs rewritten, nothing else.
+    progress("bare XDP redirect");
+    let lb = bed.tb.lb_ns();
+    let to = RedirectTo {
+        ifindex: ifindex(&bed.tb, &lb, "lbb1")?,
+        src_mac: mac_of(&bed.tb, &lb, "lbb1")?,
+        dst_mac: mac_of(&bed.tb, &bed.tb.backend_ns(0), "b0")?,
+    };
+    bed.progs.set_redirect(to)?;
+    let link = in_netns(&lb, || Ok(bed.progs.attach(PROG_REDIRECT, "lbc")?))?;
+    {
+        let template = bed.template("203.0.113.1".parse()?, 1000, opts.frame_len)?;
+        let (delivered, wall, cpu, _) = bed.measure(&template, count)?;
+        samples.push(Sample {
+            peer: "bare XDP redirect".into(),
+            services: 0,
+            target: "-",
+            sent: count as u64,
+            delivered,
+            mpps: delivered as f64 / wall.as_secs_f64() / 1e6,
+            drop_share: 1.0 - delivered as f64 / count as f64,
+            cpu_ns_per_packet: cpu as f64 / delivered.max(1) as f64,
+            balance_max_over_mean: 0.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            load_ms: 0.0,
+        });
+    }
+    in_netns(&lb, || Ok(bed.progs.detach(PROG_REDIRECT, link)?))?;
+
+    for &n in &opts.sizes {
+        let svcs = service_set(n, &bed.backends.clone());
+        let first = (svcs[0].vip, svcs[0].port);
+        let last = (svcs[n - 1].vip, svcs[n - 1].port);
+
+        progress(&format!("vipr XDP, {n} Services"));
+        let desired = vip_specs(&svcs);
+        let limits = Limits {
+            vips: (svcs.len() as u32 + 16).next_power_of_two(),
+            backends: (svcs.len() as u32 * 10 + 64).next_power_of_two(),
+            conntrack_flows: 1 << 18,
+            source_ranges: 16,
+            next_hops: 16,
+        };
+        let mut xdp = in_netns(&lb, || Ok(Xdp::load(limits, None)?))?;
+        let start = Instant::now();
+        let tables = Compiler::default().compile(&desired)?;
+        Programmer::new().program(&mut xdp.maps, &xdp.limits, &tables)?;
+        let load_ms = start.elapsed().as_secs_f64() * 1e3;
+        in_netns(&lb, || {
+            for dev in bed.tb.lb_interfaces() {
+                xdp.attach(&dev, AttachMode::Native)?;
+            }
+            Ok(())
+        })?;
+        for (target, (vip, port)) in [("first", first), ("last", last)] {
+            samples.push(sample(
+                &mut bed,
+                opts,
+                count,
+                requests,
+                "vipr XDP",
+                n,
+                target,
+                (vip, port),
+                load_ms,
+            )?);
+        }
+        drop(xdp);
+
+        for (peer, input, cmd) in [
+            ("kube-proxy iptables", kube_proxy::iptables_restore(&svcs), vec!["iptables-restore"]),
+            ("kube-proxy nftables", kube_proxy::nftables(&svcs), vec!["nft", "-f", "-"]),
+        ] {
+            progress(&format!("{peer}, {n} Services"));
+            let start = Instant::now();
+            restore(&bed.tb, &lb, &cmd, &input)?;
+            let load_ms = start.elapsed().as_secs_f64() * 1e3;
+            for (target, (vip, port)) in [("first", first), ("last", last)] {
+                bed.flush_conntrack()?;
+                samples.push(sample(
+                    &mut bed,
+                    opts,
+                    count,
+                    requests,
+                    peer,
+                    n,
+                    target,
+                    (vip, port),
+                    load_ms,
+                )?);
+            }
+            bed.tb.ns(&lb, &["iptables", "-t", "nat", "-F"])?;
+            bed.tb.ns(&lb, &["iptables", "-t", "nat", "-X"])?;
+            let _ = bed.tb.ns(&lb, &["nft", "delete", "table", "ip", "kube-proxy"]);
+            bed.flush_conntrack()?;
+        }
+    }
+    eprintln!();
+    Ok((report(opts, machine, count, &samples), samples))
+}
+
+/// One measurement of a peer: rate, CPU and balance from the generator and the sinks,
+/// then the latency probe.
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    bed: &mut Bed,
+    opts: &Opts,
+    count: u32,
+    requests: usize,
+    peer: &str,
+    n: usize,
+    target: &'static str,
+    (vip, port): (IpAddr, u16),
+    load_ms: f64,
+) -> Result<Sample> {
+    let template = bed.template(vip, port, opts.frame_len)?;
+    let (delivered, wall, cpu, per_backend) = bed.measure(&template, count)?;
+    let (p50, p99) = bed.latency(requests)?;
+    let active: Vec<u64> = per_backend.iter().copied().filter(|&c| c > 0).collect();
+    let balance = if active.len() > 1 {
+        let mean = active.iter().sum::<u64>() as f64 / per_backend.len() as f64;
+        *active.iter().max().unwrap() as f64 / mean
+    } else {
+        0.0
+    };
+    Ok(Sample {
+        peer: peer.to_string(),
+        services: n,
+        target,
+        sent: count as u64,
+        delivered,
+        mpps: delivered as f64 / wall.as_secs_f64() / 1e6,
+        drop_share: 1.0 - delivered as f64 / count as f64,
+        cpu_ns_per_packet: cpu as f64 / delivered.max(1) as f64,
+        balance_max_over_mean: balance,
+        p50_us: p50,
+        p99_us: p99,
+        load_ms,
+    })
+}
+
+fn restore(tb: &Testbed, ns: &str, cmd: &[&str], input: &str) -> Result<()> {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let _ = tb;
+    if !out.status.success() {
+        bail!("{} failed: {}", cmd.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "## Forwarding through the bench topology\n");
+    let _ = writeln!(
+        s,
+        "Command: `sudo cargo run --release -p vipr-bench -- forward --write bench/RESULTS.md`{}  \nMachine: {machine}  \n\
+         {count} UDP/IPv4 frames of {} bytes a measurement, {} {} flows, from `vipr_pktgen` (BPF_PROG_TEST_RUN, live frames, \
+         one core) out of the client's veth; counted and dropped by `vipr_sink` on the backends' veths. Every peer runs in the \
+         router namespace of the same topology in the same run. Services: one endpoint on each of the 4 backends; kube-proxy's \
+         rule sets are restored into the router namespace. Latency: {} sequential HTTP requests to a real server through the \
+         same path (the latency Service sits last in every chain). CPU: the machine's busy time over delivered packets.\n",
+        if opts.smoke { " (SMOKE RUN: figures meaningless)" } else { "" },
+        opts.frame_len,
+        opts.flows,
+        if opts.zipf { "Zipf (s = 1.1)" } else { "uniform" },
+        if opts.smoke { 5 } else { 200 },
+    );
+    let _ = writeln!(s, "| peer | Services | target | delivered Mpps | drop share | p50 µs | p99 µs | CPU ns/pkt | balance max/mean | tables loaded in ms |");
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for x in samples {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {:.1}% | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+            x.peer,
+            x.services,
+            x.target,
+            x.mpps,
+            100.0 * x.drop_share,
+            x.p50_us,
+            x.p99_us,
+            x.cpu_ns_per_packet,
+            if x.balance_max_over_mean > 0.0 {
+                format!("{:.3}", x.balance_max_over_mean)
+            } else {
+                "-".into()
+            },
+            x.load_ms
+        );
+    }
+    let rate = |peer: &str, n: usize, target: &str| {
+        samples
+            .iter()
+            .find(|x| x.peer == peer && x.services == n && x.target == target)
+            .map(|x| x.mpps)
+    };
+    let bare =
+        samples.iter().find(|x| x.peer == "bare XDP redirect").map(|x| x.mpps).unwrap_or(0.0);
+    let _ = writeln!(s, "\nRatios (same run, traffic at the last Service):\n");
+    for &n in &opts.sizes {
+        if let (Some(v), Some(i), Some(nf)) = (
+            rate("vipr XDP", n, "last"),
+            rate("kube-proxy iptables", n, "last"),
+            rate("kube-proxy nftables", n, "last"),
+        ) {
+            let _ = writeln!(
+                s,
+                "- {n} Services: vipr {:.2}x iptables, {:.2}x nftables, {:.0}% of the bare XDP redirect",
+                v / i.max(1e-9),
+                v / nf.max(1e-9),
+                100.0 * v / bare.max(1e-9)
+            );
+        }
+    }
+    s
+}
+
+/// An SVG line chart of delivered Mpps against the number of Services, one line a peer.
+pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, bottom) = (640.0, 360.0, 60.0, 40.0);
+    let peers = ["vipr XDP", "kube-proxy nftables", "kube-proxy iptables"];
+    let colors = ["#1b9e77", "#7570b3", "#d95f02"];
+    let max = samples.iter().map(|x| x.mpps).fold(0.0f64, f64::max).max(0.001) * 1.1;
+    let x_of = |i: usize| left + (w - left - 20.0) * (i as f64 + 0.5) / sizes.len() as f64;
+    let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        h - bottom,
+        w - 10.0,
+        h - bottom
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"10\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
+        h - bottom
+    );
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{v:.2}</text>",
+            left - 5.0,
+            y_of(v) + 4.0
+        );
+    }
+    for (i, n) in sizes.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.0}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+            x_of(i),
+            h - bottom + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">Services (traffic to the last)</text>",
+        (w + left) / 2.0,
+        h - 6.0
+    );
+    let _ = writeln!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">delivered Mpps</text>", h / 2.0, h / 2.0);
+    for (p, color) in peers.iter().zip(colors) {
+        let pts: Vec<String> = sizes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                samples
+                    .iter()
+                    .find(|x| x.peer == *p && x.services == *n && x.target == "last")
+                    .map(|x| format!("{:.1},{:.1}", x_of(i), y_of(x.mpps)))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
+    }
+    if let Some(bare) = samples.iter().find(|x| x.peer == "bare XDP redirect") {
+        let y = y_of(bare.mpps);
+        let _ = writeln!(s, "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>", w - 10.0);
+    }
+    let mut ly = 24.0;
+    for (p, color) in peers.iter().zip(colors).chain([(&"bare XDP redirect", "gray")]) {
+        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{p}</text>", w - 190.0, ly - 4.0, w - 172.0, ly);
+        ly += 16.0;
+    }
+    s += "</svg>\n";
+    s
+}
+
+/// The backends of the topology serve from this binary (`vipr-bench backend`).
+pub fn serve_backend(args: &[String]) -> Result<()> {
+    let name =
+        args.iter().position(|a| a == "--name").and_then(|i| args.get(i + 1)).context("--name")?;
+    let port = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .context("--port")?
+        .parse()?;
+    vipr::probe::backend(name, port)
+}
