@@ -255,3 +255,35 @@ fn the_testbed_routes_clients_to_backends_without_vipr() {
         }
     }
 }
+
+#[test]
+fn a_bad_config_on_reload_is_refused_and_the_running_tables_stay() {
+    let s = setup("badcfg", "dnat");
+    let before = status(&s);
+    // A typo and a port 0: the whole file is refused, nothing of it applied.
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    let bad = good.replacen("port: 8088", "port: 0", 1).replacen("backends:", "backendz:", 1);
+    std::fs::write(&s.config, bad).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = probe(&s, &v4(VIP_PORT), &["--count", "40"]);
+    assert_eq!(r["failures"], 0, "{r}");
+    assert_eq!(counts(&r, "backends").len(), 4, "{r}");
+    let after = status(&s);
+    let shape = |v: &Value| -> Vec<(String, String, u64, usize)> {
+        v["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["vip"].as_str().unwrap().to_string(),
+                    x["protocol"].as_str().unwrap().to_string(),
+                    x["ring_size"].as_u64().unwrap(),
+                    x["backends"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(shape(&before), shape(&after), "the tables changed after a refused reload");
+    assert!(s.agent.child.is_some(), "the agent keeps running");
+}

@@ -103,6 +103,13 @@ impl Dataplane for KernelXdp {
         self.xdp().maps.counters().unwrap()
     }
 
+    fn accepts(&self, frame: &[u8]) -> Result<(), &'static str> {
+        if frame.len() < 14 {
+            return Err("shorter than an Ethernet header: no XDP program ever sees it");
+        }
+        Ok(())
+    }
+
     fn conntrack_flows(&mut self) -> usize {
         let entries = self.xdp().maps.conntrack_entries();
         entries.iter().filter(|(_, e)| e.direction == FLOW_DIR_FORWARD).count()
@@ -118,9 +125,12 @@ fn every_fixture_case_gives_the_same_result_in_the_kernel() {
     let mut dp = KernelXdp { xdp: None, programmer: Programmer::new(), tables: Tables::default() };
     let all = cases();
     let mut failures = Vec::new();
+    let mut skipped = Vec::new();
     for case in &all {
-        if let Err(e) = run_case(&mut dp, case) {
-            failures.push(format!("- {}\n{e}", case.name));
+        match run_case(&mut dp, case) {
+            Ok(0) => {}
+            Ok(n) => skipped.push(format!("{} ({n} step(s))", case.name)),
+            Err(e) => failures.push(format!("- {}\n{e}", case.name)),
         }
     }
     assert!(
@@ -131,6 +141,7 @@ fn every_fixture_case_gives_the_same_result_in_the_kernel() {
         failures.join("\n")
     );
     eprintln!("{} fixture cases identical in the kernel", all.len());
+    eprintln!("skipped, as no XDP program can be given them: {skipped:?}");
 }
 
 fn running_as_root() -> bool {
