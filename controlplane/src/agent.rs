@@ -62,11 +62,55 @@ fn load_config(path: &Path) -> Result<Config> {
         .map_err(|diags| anyhow::anyhow!("{} is not a valid config:\n{diags}", path.display()))
 }
 
-/// The tables of a config as the XDP program wants them: next hops from the kernel FIB.
-fn desired(cfg: &Config) -> vipr_dataplane::tables::DesiredState {
+/// Where the VIPs come from besides the config: a folder of Kubernetes manifests
+/// (Service, EndpointSlice, Node YAML), translated as the Kubernetes source would.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub manifests: Option<PathBuf>,
+}
+
+/// The VIPs of a manifests folder. Bad files are errors (nothing is applied); objects
+/// vipr cannot serve are warnings, printed.
+fn manifest_vips(dir: &Path) -> Result<Vec<vipr_dataplane::tables::VipSpec>> {
+    let m = vipr_k8s::load_manifests(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &m.warnings {
+        eprintln!("vipr: {}: {w}", dir.display());
+    }
+    let t = vipr_k8s::translate(&m.inputs, &vipr_k8s::Options::default());
+    for w in &t.warnings {
+        eprintln!("vipr: {}: {w}", dir.display());
+    }
+    Ok(t.into_vip_specs())
+}
+
+/// The tables of a config (and its sources) as the XDP program wants them: next hops
+/// from the kernel FIB.
+fn desired(cfg: &Config, sources: &Sources) -> Result<vipr_dataplane::tables::DesiredState> {
     let mut d = model::from_config(cfg);
     d.settings.flags |= SETTINGS_F_FIB_LOOKUP;
-    d
+    if let Some(dir) = &sources.manifests {
+        d.vips.extend(manifest_vips(dir)?);
+    }
+    Ok(d)
+}
+
+/// What the agent watches for changes: the config file's and every manifest's mtime.
+fn fingerprint(path: &Path, sources: &Sources) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut v = vec![(path.to_path_buf(), mtime(path))];
+    if let Some(dir) = &sources.manifests {
+        v.push((dir.clone(), mtime(dir)));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            v.extend(files.into_iter().map(|f| {
+                let t = mtime(&f);
+                (f, t)
+            }));
+        }
+    }
+    v
 }
 
 pub fn limits(cfg: &Config) -> Limits {
@@ -75,6 +119,7 @@ pub fn limits(cfg: &Config) -> Limits {
 
 struct Agent {
     path: PathBuf,
+    sources: Sources,
     cfg: Config,
     xdp: Xdp,
     compiler: Compiler,
@@ -83,7 +128,8 @@ struct Agent {
 
 impl Agent {
     fn program(&mut self, cfg: &Config) -> Result<vipr_xdp::ProgramReport> {
-        let tables = self.compiler.compile(&desired(cfg)).context("compiling the tables")?;
+        let tables =
+            self.compiler.compile(&desired(cfg, &self.sources)?).context("compiling the tables")?;
         let report = self.programmer.program(&mut self.xdp.maps, &self.xdp.limits, &tables)?;
         Ok(report)
     }
@@ -110,12 +156,8 @@ impl Agent {
         match self.program(&cfg) {
             Ok(r) => {
                 eprintln!(
-                    "vipr: reloaded {}: {} VIPs written, {} removed, {} rings, {} backends",
-                    self.path.display(),
-                    r.vips_written,
-                    r.vips_removed,
-                    r.rings_written,
-                    r.backends_written
+                    "vipr: reloaded: {} VIPs written, {} removed, {} rings, {} backends",
+                    r.vips_written, r.vips_removed, r.rings_written, r.backends_written
                 );
                 self.cfg = cfg;
             }
@@ -142,7 +184,7 @@ fn adopt_ids(compiler: &mut Compiler, maps: &Maps) {
     compiler.adopt_ids(vips.iter().map(|(k, i)| (*k, i.vip_id)), backends);
 }
 
-pub fn run(path: &Path, netns: Option<&str>) -> Result<()> {
+pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
     if let Some(ns) = netns {
         enter_netns(ns)?;
     }
@@ -167,6 +209,7 @@ pub fn run(path: &Path, netns: Option<&str>) -> Result<()> {
     }
     let mut agent = Agent {
         path: path.to_path_buf(),
+        sources,
         cfg: cfg.clone(),
         xdp,
         compiler,
@@ -189,7 +232,7 @@ pub fn run(path: &Path, netns: Option<&str>) -> Result<()> {
         "vipr: instance {} {} {} VIPs ({} rings written) on {}; pinned at {}",
         cfg.instance,
         if adopting { "adopted its pinned dataplane and programs" } else { "serves" },
-        cfg.vips.len(),
+        agent.programmer.programmed().map_or(0, |t| t.vips.len()),
         report.rings_written,
         names.join(", "),
         dir.display()
@@ -201,11 +244,10 @@ pub fn run(path: &Path, netns: Option<&str>) -> Result<()> {
         signal_hook::flag::register(sig, term.clone())?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen: Option<SystemTime> = mtime(path);
+    let mut seen = fingerprint(path, &agent.sources);
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
-        let now = mtime(path);
+        let now = fingerprint(path, &agent.sources);
         if hup.swap(false, Ordering::Relaxed) || now != seen {
             seen = now;
             agent.reload();
@@ -391,6 +433,6 @@ pub fn print_status(s: &Status) {
 }
 
 /// Compiles a config as `vipr run` would, without touching the kernel (for tests).
-pub fn compile(cfg: &Config) -> Result<Tables> {
-    Ok(Compiler::default().compile(&desired(cfg))?)
+pub fn compile(cfg: &Config, sources: &Sources) -> Result<Tables> {
+    Ok(Compiler::default().compile(&desired(cfg, sources)?)?)
 }

@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 /// A vipr config for a testbed: VIPs 192.0.2.10:8088 and [2001:db8:f::10]:8088 (TCP and
 /// UDP) in front of every backend on 8080, attached to every vipr-side veth.
 pub fn config_for(tb: &Testbed, instance: &str, mode: &str, backends: &[usize]) -> String {
-    let mut s = format!("instance: {instance}\ndataplane: xdp\ninterfaces:\n");
-    for i in tb.lb_interfaces() {
-        s += &format!("  - name: {i}\n    attach: native\n");
-    }
+    let mut s = interfaces_config(tb, instance);
     s += &format!(
         "snat:\n  addresses: [{}, \"{}\"]\nconntrack:\n  capacity: 65536\nvips:\n",
         testbed::SNAT,
@@ -39,6 +36,15 @@ pub fn config_for(tb: &Testbed, instance: &str, mode: &str, backends: &[usize]) 
     s
 }
 
+/// A config with the testbed's interfaces and no VIPs (they come from elsewhere).
+pub fn interfaces_config(tb: &Testbed, instance: &str) -> String {
+    let mut s = format!("instance: {instance}\ndataplane: xdp\ninterfaces:\n");
+    for i in tb.lb_interfaces() {
+        s += &format!("  - name: {i}\n    attach: native\n");
+    }
+    s
+}
+
 /// The agent as a child process in the vipr namespace, stopped (and its dataplane
 /// removed) on drop.
 pub struct Agent {
@@ -47,16 +53,29 @@ pub struct Agent {
     pub vipr: PathBuf,
     pub config: PathBuf,
     pub netns: String,
+    /// More `vipr run` arguments (e.g. `--manifests DIR`).
+    pub args: Vec<String>,
 }
 
 impl Agent {
     pub fn start(vipr: &Path, config: &Path, instance: &str, netns: &str) -> Result<Self> {
+        Self::start_with(vipr, config, instance, netns, &[])
+    }
+
+    pub fn start_with(
+        vipr: &Path,
+        config: &Path,
+        instance: &str,
+        netns: &str,
+        args: &[&str],
+    ) -> Result<Self> {
         let mut a = Agent {
             child: None,
             instance: instance.to_string(),
             vipr: vipr.to_path_buf(),
             config: config.to_path_buf(),
             netns: netns.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
         };
         a.restart()?;
         Ok(a)
@@ -68,6 +87,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .args(["--netns", &self.netns])
+            .args(&self.args)
             .stdin(Stdio::null())
             .spawn()
             .context("starting vipr run")?;

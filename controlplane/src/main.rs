@@ -73,10 +73,16 @@ impl InstanceArg {
 enum Cmd {
     /// Attach vipr's XDP program to the config's interfaces and serve its VIPs until
     /// stopped; reloads on SIGHUP and when the file changes.
-    #[command(after_help = "Example:\n  sudo vipr run --config config/examples/tutorial.yaml")]
+    #[command(
+        after_help = "Examples:\n  sudo vipr run --config config/examples/tutorial.yaml\n  sudo vipr run --config appliance.yaml --manifests controlplane/k8s/examples/tutorial"
+    )]
     Run {
         #[arg(short, long)]
         config: PathBuf,
+        /// Also serve the Services of these Kubernetes manifests (Service, EndpointSlice and
+        /// Node YAML, as `kubectl get -o yaml` prints them); changes are picked up.
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
         /// Attach inside this network namespace (from `ip netns add`); pins stay in the host's bpffs.
         #[arg(long)]
         netns: Option<String>,
@@ -228,8 +234,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { config, netns } => {
-            agent::run(&config, netns.as_deref())?;
+        Cmd::Run { config, manifests, netns } => {
+            agent::run(&config, agent::Sources { manifests }, netns.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { which } => {

@@ -287,3 +287,32 @@ fn a_bad_config_on_reload_is_refused_and_the_running_tables_stay() {
     assert_eq!(shape(&before), shape(&after), "the tables changed after a refused reload");
     assert!(s.agent.child.is_some(), "the agent keeps running");
 }
+
+#[test]
+fn the_tutorials_kubernetes_manifests_are_served_from_a_folder() {
+    let mut tb = Testbed::new("mani-", 4).expect("testbed");
+    tb.start_backends(VIPR).expect("backends");
+    let dir = std::env::temp_dir().join(format!("vipr-e2e-mani-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = tempdir::Dir(dir.clone());
+    let config = dir.join("vipr.yaml");
+    std::fs::write(&config, vipr::demo::interfaces_config(&tb, "e2e-mani")).unwrap();
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/examples/tutorial");
+    let agent = Agent::start_with(
+        Path::new(VIPR),
+        &config,
+        "e2e-mani",
+        &tb.lb_ns(),
+        &["--manifests", manifests.to_str().unwrap()],
+    )
+    .expect("vipr run --manifests");
+    let out = tb.ns(&tb.client_ns(), &[VIPR, "probe", &v4(VIP_PORT), "--count", "200"]).unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], 0, "{r}");
+    assert_eq!(
+        counts(&r, "backends").len(),
+        4,
+        "every endpoint of the EndpointSlice is reached: {r}"
+    );
+    drop(agent);
+}

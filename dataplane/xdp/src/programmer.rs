@@ -35,6 +35,8 @@ pub struct Programmer {
     programmed: Option<Tables>,
 }
 
+/// A VIP as programmed: its info, and its ring when this programmer wrote it.
+type ProgrammedVip = (VipInfo, Option<Arc<[u32]>>);
 type RangeKey = (u32, SourceRangeKey);
 type HopKey = (u32, NextHopKey);
 
@@ -80,7 +82,7 @@ impl Programmer {
         }
 
         // Rings, then VIPs.
-        let prev_vips: HashMap<VipKey, (VipInfo, Option<Arc<[u32]>>)> = match &prev {
+        let prev_vips: HashMap<VipKey, ProgrammedVip> = match &prev {
             Some(p) => p.vips.iter().map(|(k, v)| (*k, (v.info, Some(v.ring.clone())))).collect(),
             None => {
                 maps.vips.iter().filter_map(|r| r.ok()).map(|(k, info)| (k, (info, None))).collect()
