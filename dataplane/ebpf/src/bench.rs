@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vipr_abi::bench::{PktgenConfig, RedirectTo, SinkCount, PKTGEN_PORTS_LEN, SINK_PORT};
-use vipr_abi::{PROTO_TCP, PROTO_UDP};
 use vipr_abi::checksum::update16;
+use vipr_abi::{PROTO_TCP, PROTO_UDP};
 
 #[btf_map]
 static PKTGEN_CONFIG: Array<PktgenConfig, 1> = Array::new();
@@ -46,8 +46,10 @@ pub fn vipr_pktgen(ctx: XdpContext) -> u32 {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
+    // `checked_rem`: LLVM does not see that the clamped count is never zero, and the
+    // panic path of `%` makes the object unloadable.
     let ports = cfg.ports.clamp(1, PKTGEN_PORTS_LEN);
-    let Some(&port) = PKTGEN_PORTS.get(i % ports) else {
+    let Some(&port) = i.checked_rem(ports).and_then(|slot| PKTGEN_PORTS.get(slot)) else {
         return xdp_action::XDP_ABORTED;
     };
     let at = cfg.sport_offset as usize;
@@ -80,7 +82,8 @@ pub fn vipr_sink(ctx: XdpContext) -> u32 {
     let (Some(last), Some(proto)) = (last, proto) else {
         return xdp_action::XDP_PASS;
     };
-    let to_sink = (proto == PROTO_TCP || proto == PROTO_UDP) && load_be16(&ctx, l4 + 2) == Some(SINK_PORT);
+    let to_sink =
+        (proto == PROTO_TCP || proto == PROTO_UDP) && load_be16(&ctx, l4 + 2) == Some(SINK_PORT);
     if !to_sink {
         return xdp_action::XDP_PASS;
     }

@@ -128,13 +128,23 @@ impl Xdp {
         let attach_err = |source| Error::Attach { interface: interface.to_string(), mode, source };
         let pin = self.pin_dir.as_ref().map(|d| d.join("links").join(interface));
         let prog = xdp_program(&mut self.ebpf, name)?;
-        match pin {
-            Some(pin) if pin.exists() => {
-                let link_err = |source| Error::Link { path: pin.clone(), source };
-                let pinned = PinnedLink::from_pin(&pin).map_err(link_err)?;
-                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
-                prog.attach_to_link(link).map_err(attach_err)?;
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            // Take over the pinned attachment. One whose interface is gone (its
+            // namespace or device was removed) cannot be updated: forget it and attach
+            // afresh below.
+            let adopted = PinnedLink::from_pin(pin)
+                .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)))
+                .map_err(|source| Error::Link { path: pin.clone(), source })
+                .and_then(|link| prog.attach_to_link(link).map_err(attach_err));
+            match adopted {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    eprintln!("vipr: {e}; attaching afresh");
+                    std::fs::remove_file(pin).map_err(|source| Error::Io { path: pin.clone(), source })?;
+                }
             }
+        }
+        match pin {
             Some(pin) => {
                 let id = prog.attach(interface, mode.xdp_mode()).map_err(attach_err)?;
                 let link = prog.take_link(id).map_err(attach_err)?;
