@@ -8,6 +8,8 @@
 //! - maglev: ring build time at M = 65537, N = 10 / 100 / 1000, against the paper's
 //!   textbook population loop;
 //! - xdp: the XDP program's ns/packet through BPF_PROG_TEST_RUN against a bare XDP_PASS;
+//! - programming: 10k Services x 10 endpoints into real BPF maps against iptables-restore
+//!   of kube-proxy's rules, and event-to-programmed latency of one endpoint change;
 //! - forward: delivered rate, latency, CPU and balance through the netns bench topology,
 //!   vipr against kube-proxy's iptables and nftables rule sets and a bare XDP redirect.
 //!
@@ -16,6 +18,7 @@
 
 mod forward;
 mod kube_proxy;
+mod programming;
 mod textbook_maglev;
 mod xdp;
 
@@ -57,8 +60,8 @@ struct Args {
     /// forward: numbers of Services to measure at.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 1000, 10000])]
     services: Vec<usize>,
-    /// Which suites: pipeline, maglev, xdp, forward (default: all; xdp and forward need
-    /// root; forward builds network namespaces).
+    /// Which suites: pipeline, maglev, xdp, programming, forward (default: all; xdp,
+    /// programming and forward need root; forward builds network namespaces).
     suites: Vec<String>,
 }
 
@@ -80,6 +83,9 @@ fn main() -> Result<()> {
     }
     if want("xdp") {
         sections.push(("xdp", xdp::suite(args.smoke, &machine())?));
+    }
+    if want("programming") {
+        sections.push(("programming", programming::suite(args.smoke, &machine())?));
     }
     let mut forwarding = None;
     if want("forward") {

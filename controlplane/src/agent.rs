@@ -118,6 +118,7 @@ pub fn limits(cfg: &Config) -> Limits {
 }
 
 struct Agent {
+    neighbors: crate::neighbors::Neighbors,
     path: PathBuf,
     sources: Sources,
     cfg: Config,
@@ -131,6 +132,9 @@ impl Agent {
         let tables =
             self.compiler.compile(&desired(cfg, &self.sources)?).context("compiling the tables")?;
         let report = self.programmer.program(&mut self.xdp.maps, &self.xdp.limits, &tables)?;
+        let backends =
+            tables.backends.iter().filter(|b| b.family != 0).map(|b| ip_of(&b.addr, b.family));
+        self.neighbors.sync(backends);
         Ok(report)
     }
 
@@ -208,6 +212,7 @@ pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
         adopt_ids(&mut compiler, &xdp.maps);
     }
     let mut agent = Agent {
+        neighbors: Default::default(),
         path: path.to_path_buf(),
         sources,
         cfg: cfg.clone(),

@@ -133,7 +133,7 @@ fn say(s: &str) {
     let _ = std::io::stdout().flush();
 }
 
-pub fn run() -> Result<()> {
+pub fn run(keep: bool) -> Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())?;
@@ -210,6 +210,14 @@ pub fn run() -> Result<()> {
     let out = Command::new(&vipr).args(["status", "--instance", "demo"]).output()?;
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
 
+    if keep {
+        say("Everything stays up until Ctrl-C. Try, in another shell:");
+        println!("    ip netns exec vd-c curl {VIP}:{VIP_PORT}");
+        println!("    {} status --instance demo", vipr.display());
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     say("Removing everything the demo made (vipr stop, namespaces)");
     drop(agent);
     drop(tb);

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod demo;
 pub mod model;
+pub mod neighbors;
 pub mod probe;
 pub mod simulate;
 pub mod testbed;

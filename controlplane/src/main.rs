@@ -103,7 +103,11 @@ enum Cmd {
     },
     /// Build the Kubernetes tutorial's Service in network namespaces, put vipr in front of it,
     /// and curl it from a client namespace. Removes everything on exit and on Ctrl-C.
-    Demo,
+    Demo {
+        /// Leave everything up after the demo, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
     /// A demo backend: answers HTTP and UDP on PORT with its name and the client address it sees.
     #[command(hide = true)]
     Backend {
@@ -251,8 +255,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo => {
-            demo::run().context("the demo failed")?;
+        Cmd::Demo { keep } => {
+            demo::run(keep).context("the demo failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Backend { name, port } => {

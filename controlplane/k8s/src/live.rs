@@ -5,25 +5,30 @@
 //!
 //! - [`run`] discovers whether the cluster serves EndpointSlices as
 //!   `discovery.k8s.io/v1` (1.21+) or only `v1beta1` (1.20) and reads that one.
-//! - It calls `on_change` with a fresh [`Translation`] once all three caches are
-//!   filled, then after every change (bursts coalesced). While the API server is away
-//!   the watchers retry with backoff and `on_change` is not called: what is programmed
-//!   stays as it is. A relist (after an outage or a 410 Gone from a compacted etcd)
-//!   replaces a cache in one step when the new list is complete, so nothing is flushed
-//!   in between.
+//! - It calls `on_change(translation, first_event)` once all three caches are filled,
+//!   then after every change that alters the translation (bursts coalesced into one
+//!   call). `first_event` is when the earliest watch event behind this translation
+//!   arrived, so the caller can time event-to-programmed. Events that change nothing
+//!   (a Node heartbeat, a relist of what was already known) deliver nothing.
+//! - While the API server is away the watchers retry with backoff (capped at
+//!   `LiveConfig::retry_max`) and `on_change` is not called: what is programmed stays as
+//!   it is. A relist (after an outage or a 410 Gone from a compacted etcd) replaces a
+//!   cache in one step when the new list is complete, so nothing is flushed in between.
 //! - One writer at a time: only the holder of the `coordination.k8s.io/v1` Lease
 //!   (`LiveConfig::lease_*`) allocates LoadBalancer addresses, writes them through the
-//!   Services' status subresource (JSON merge patch) and emits Events
-//!   (`events.k8s.io/v1`). A new holder starts from the statuses ([`Ipam`] rebuilds
-//!   from them), so a failover hands out nothing twice. Expiry is judged from the
-//!   Lease's renewTime against this host's clock.
+//!   Services' status subresource (JSON merge patch, field manager `vipr-<identity>`)
+//!   and emits Events (`events.k8s.io/v1`). A new holder starts from the statuses
+//!   ([`Ipam`] rebuilds from them), so a failover hands out nothing twice. Expiry is
+//!   judged from the Lease's renewTime against this host's clock.
 //! - Failed writes are retried on the next pass (at the latest every
 //!   `LiveConfig::resync`), since the status still differs.
+//! - Dropping the [`run`] future (or aborting its task) stops its watchers and its Lease
+//!   renewal at once; a rival takes the Lease over when it expires.
 
 use crate::ipam::{EventKind, Ipam, IpamPlan};
 use crate::translate::{translate, Inputs, Options, Translation};
 use crate::v1beta1;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -31,11 +36,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
-use std::pin::Pin;
-use std::time::Duration;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use vipr_config::Pool;
 
 /// Which EndpointSlice version the cluster serves.
@@ -50,13 +58,18 @@ pub struct LiveConfig {
     pub options: Options,
     /// LoadBalancer pools; empty: no IPAM (and no Lease is taken).
     pub pools: Vec<Pool>,
-    /// This instance's name in the Lease and in Events.
+    /// This instance's name in the Lease, in Events and in the status field manager.
     pub identity: String,
     pub lease_namespace: String,
     pub lease_name: String,
     pub lease_duration: Duration,
     /// How often the Lease holder re-plans even without a change (retries writes).
     pub resync: Duration,
+    /// The longest pause between two attempts to reach a lost API server; the pauses
+    /// grow from half a second up to it.
+    pub retry_max: Duration,
+    /// Counters the source keeps while it runs; clone the `Arc` to read them.
+    pub stats: Arc<LiveStats>,
 }
 
 impl LiveConfig {
@@ -69,6 +82,42 @@ impl LiveConfig {
             lease_name: "vipr-ipam".into(),
             lease_duration: Duration::from_secs(15),
             resync: Duration::from_secs(30),
+            retry_max: Duration::from_secs(10),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// What the source has been through, for metrics (and for tests that provoke it).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    translations: AtomicU64,
+    lists: AtomicU64,
+    watch_errors: AtomicU64,
+    gone: AtomicU64,
+}
+
+/// A reading of [`LiveStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Calls of `on_change`.
+    pub translations: u64,
+    /// Completed lists, one per watched kind at start and one per relist since.
+    pub lists: u64,
+    /// Failed watch or list attempts (API server away, 410 Gone, ...); all are retried.
+    pub watch_errors: u64,
+    /// 410 Gone: a watch fell behind the compacted history and had to relist.
+    pub gone: u64,
+}
+
+impl LiveStats {
+    pub fn counts(&self) -> LiveCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LiveCounts {
+            translations: get(&self.translations),
+            lists: get(&self.lists),
+            watch_errors: get(&self.watch_errors),
+            gone: get(&self.gone),
         }
     }
 }
@@ -113,11 +162,56 @@ pub async fn discover_slice_api(client: &Client) -> Result<SliceApi, LiveError> 
     }
 }
 
-type Changes = Pin<Box<dyn Stream<Item = ()> + Send>>;
+/// Exponential backoff from half a second to `max`, with up to a quarter of jitter so
+/// several instances do not return to a recovering API server in step. Reset by the
+/// watcher's next success.
+struct Retry {
+    next: Duration,
+    max: Duration,
+    seed: u64,
+}
 
-/// Reflects `api` into a store; the stream yields once per event. Errors (API server
-/// away, 410 Gone) are logged; the watcher backs off and relists by itself.
-fn reflect<K>(api: Api<K>) -> (Store<K>, Changes)
+const RETRY_MIN: Duration = Duration::from_millis(500);
+
+impl Retry {
+    fn new(max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Retry { next: RETRY_MIN.min(max), max, seed }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: jitter needs no quality, only spread.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(base.mul_f64(0.75 + (self.seed % 1024) as f64 / 4096.0))
+    }
+}
+
+impl Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = RETRY_MIN.min(self.max);
+    }
+}
+
+/// Reflects `api` into a store from a task of `tasks`, which sends the arrival time of
+/// every event that can change the store to `changed`. Errors (API server away, 410
+/// Gone) are logged and counted; the watcher backs off and relists by itself.
+fn reflect<K>(
+    api: Api<K>,
+    cfg: &LiveConfig,
+    tasks: &mut JoinSet<()>,
+    changed: mpsc::UnboundedSender<Instant>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -128,16 +222,35 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let stats = cfg.stats.clone();
+    let mut stream = watcher(api, watcher::Config::default())
+        .backoff(Retry::new(cfg.retry_max))
         .reflect(writer)
-        .map(|event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch failed; retrying with backoff");
-            }
-        })
         .boxed();
-    (store, stream)
+    tasks.spawn(async move {
+        while let Some(event) = stream.next().await {
+            let at = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+                Ok(watcher::Event::InitDone) => {
+                    stats.lists.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Err(e) => {
+                    stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(&e, watcher::Error::WatchError(s) if s.code == 410) {
+                        stats.gone.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            }
+            if changed.send(at).is_err() {
+                return;
+            }
+        }
+    });
+    store
 }
 
 enum Slices {
@@ -154,7 +267,7 @@ impl Slices {
     }
 
     async fn wait_until_ready(&self) {
-        // A dropped writer means the stream ended; the main loop notices that itself.
+        // A dropped writer means the watcher ended; the main loop notices that itself.
         let _ = match self {
             Slices::V1(s) => s.wait_until_ready().await,
             Slices::V1beta1(s) => s.wait_until_ready().await,
@@ -162,90 +275,116 @@ impl Slices {
     }
 }
 
-/// Runs the source until the watch streams end (they do not, short of a panic).
+/// The field manager of our status writes, so `managedFields` tells which instance
+/// wrote (at most 128 characters, the API server's limit).
+fn field_manager(identity: &str) -> String {
+    format!("vipr-{identity}").chars().take(128).collect()
+}
+
+/// Runs the source until the watchers end (they do not, short of a panic).
 pub async fn run<F>(client: Client, cfg: LiveConfig, mut on_change: F) -> Result<(), LiveError>
 where
-    F: FnMut(&Translation) + Send,
+    F: FnMut(&Translation, Instant) + Send,
 {
     let slice_api = discover_slice_api(&client).await?;
-    let (services, svc_changes) = reflect(Api::<Service>::all(client.clone()));
-    let (nodes, node_changes) = reflect(Api::<Node>::all(client.clone()));
-    let (slices, slice_changes) = match slice_api {
-        SliceApi::V1 => {
-            let (s, c) = reflect(Api::<EndpointSlice>::all(client.clone()));
-            (Slices::V1(s), c)
-        }
-        SliceApi::V1beta1 => {
-            let (s, c) = reflect(Api::<v1beta1::EndpointSlice>::all(client.clone()));
-            (Slices::V1beta1(s), c)
-        }
+    // Watchers and the Lease renewal live in `tasks`: dropping `run` aborts them.
+    let mut tasks = JoinSet::new();
+    let (tx, mut changes) = mpsc::unbounded_channel();
+    let services = reflect(Api::<Service>::all(client.clone()), &cfg, &mut tasks, tx.clone());
+    let nodes = reflect(Api::<Node>::all(client.clone()), &cfg, &mut tasks, tx.clone());
+    let slices = match slice_api {
+        SliceApi::V1 => Slices::V1(reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            &cfg,
+            &mut tasks,
+            tx.clone(),
+        )),
+        SliceApi::V1beta1 => Slices::V1beta1(reflect(
+            Api::<v1beta1::EndpointSlice>::all(client.clone()),
+            &cfg,
+            &mut tasks,
+            tx.clone(),
+        )),
     };
-    let mut changes = futures::stream::select_all([svc_changes, node_changes, slice_changes]);
+    drop(tx);
 
-    let ready = async {
-        let _ = services.wait_until_ready().await;
-        let _ = nodes.wait_until_ready().await;
-        slices.wait_until_ready().await;
-    };
-    tokio::pin!(ready);
-    loop {
-        tokio::select! {
-            _ = &mut ready => break,
-            next = changes.next() => if next.is_none() { return Ok(()) },
-        }
-    }
+    let _ = services.wait_until_ready().await;
+    let _ = nodes.wait_until_ready().await;
+    slices.wait_until_ready().await;
+    // The first translation is due whatever arrived; it is timed from the first event.
+    let mut pending = Some(changes.try_recv().unwrap_or_else(|_| Instant::now()));
 
-    let mut leader = if cfg.pools.is_empty() {
-        watch::channel(false).1
+    let (leader_tx, mut leader) = watch::channel(false);
+    // With no Lease to hold, the sender stays here as long as `run`, so that
+    // `leader.changed()` never resolves on a closed channel (a busy loop).
+    let _idle_leader = if cfg.pools.is_empty() {
+        Some(leader_tx)
     } else {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(hold_lease(client.clone(), cfg.clone(), tx));
-        rx
+        tasks.spawn(hold_lease(client.clone(), cfg.clone(), leader_tx));
+        None
     };
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "vipr".into(), instance: Some(cfg.identity.clone()) },
     );
+    let params =
+        PatchParams { field_manager: Some(field_manager(&cfg.identity)), ..PatchParams::default() };
     let mut ipam: Option<Ipam> = None;
+    let mut last: Option<Translation> = None;
     let mut resync = tokio::time::interval(cfg.resync);
     loop {
+        // Coalesce a burst (a relist, a rollout) into one translation.
+        while let Ok(at) = changes.try_recv() {
+            pending.get_or_insert(at);
+        }
         let inputs = Inputs {
             services: services.state().iter().map(|s| (**s).clone()).collect(),
             endpoint_slices: slices.snapshot(),
             nodes: nodes.state().iter().map(|n| (**n).clone()).collect(),
         };
-        let translation = translate(&inputs, &cfg.options);
-        on_change(&translation);
+        if let Some(first_event) = pending.take() {
+            let translation = translate(&inputs, &cfg.options);
+            if last.as_ref() != Some(&translation) {
+                on_change(&translation, first_event);
+                cfg.stats.translations.fetch_add(1, Ordering::Relaxed);
+                last = Some(translation);
+            }
+        }
 
-        if *leader.borrow() {
+        if *leader.borrow_and_update() {
             // A new holder starts afresh from the statuses, whatever it knew before.
             let ipam =
                 ipam.get_or_insert_with(|| Ipam::new(cfg.pools.clone(), cfg.options.class.clone()));
             let plan = ipam.reconcile(&inputs.services);
-            apply(&client, &recorder, &services, plan).await;
+            apply(&client, &recorder, &params, &services, plan).await;
         } else {
             ipam = None;
         }
 
         tokio::select! {
-            next = changes.next() => if next.is_none() { return Ok(()) },
+            next = changes.recv() => match next {
+                Some(at) => pending = Some(at),
+                None => return Ok(()),
+            },
             _ = leader.changed() => {}
             _ = resync.tick() => {}
         }
-        // Coalesce a burst (a relist, a rollout) into one translation.
-        while let Some(Some(())) = changes.next().now_or_never() {}
     }
 }
 
-async fn apply(client: &Client, recorder: &Recorder, services: &Store<Service>, plan: IpamPlan) {
+async fn apply(
+    client: &Client,
+    recorder: &Recorder,
+    params: &PatchParams,
+    services: &Store<Service>,
+    plan: IpamPlan,
+) {
     for update in plan.status_updates {
         let api: Api<Service> = Api::namespaced(client.clone(), &update.service.namespace);
         let ingress: Vec<serde_json::Value> =
             update.ingress.iter().map(|ip| serde_json::json!({ "ip": ip.to_string() })).collect();
         let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
-        if let Err(e) = api
-            .patch_status(&update.service.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
+        if let Err(e) = api.patch_status(&update.service.name, params, &Patch::Merge(&patch)).await
         {
             tracing::warn!(service = %update.service, error = %e, "status write failed; retried on the next pass");
         }

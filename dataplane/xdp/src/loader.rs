@@ -140,7 +140,8 @@ impl Xdp {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     eprintln!("vipr: {e}; attaching afresh");
-                    std::fs::remove_file(pin).map_err(|source| Error::Io { path: pin.clone(), source })?;
+                    std::fs::remove_file(pin)
+                        .map_err(|source| Error::Io { path: pin.clone(), source })?;
                 }
             }
         }

@@ -1,0 +1,613 @@
+//! Control-plane programming: from Kubernetes objects to programmed BPF maps, against
+//! kube-proxy's iptables-restore of the same Services in the same run.
+//!
+//! - Cold: 10k Services x 10 endpoints (Service + EndpointSlice objects built with
+//!   `vipr_k8s::fixtures`) from nothing into freshly loaded maps: translate -> compile
+//!   (Maglev rings) -> program. Wall time per stage and the growth of this process's RSS,
+//!   against rendering kube-proxy's iptables rule set for the same Services
+//!   (kube_proxy.rs) and `iptables-restore` of it into an empty scratch netns.
+//! - One endpoint change at 1k and at 10k Services: event-to-programmed latency
+//!   percentiles (hdrhistogram). An event is one EndpointSlice whose endpoint moves to
+//!   another address; from then until `program` returns: translate the changed
+//!   Service, compile, program what changed (asserted: one ring). Also the same with a
+//!   full re-translation of every object, which is what the live source's loop does
+//!   today. Baseline: kube-proxy's partial sync of one Service
+//!   (`iptables-restore --noflush` of that Service's chains, as kube-proxy has done since
+//!   1.26) into the netns holding the full rule set.
+//!
+//! Needs root (BPF maps, network namespaces). The XDP program is loaded and never
+//! attached; iptables rules go only into scratch namespaces that are deleted after.
+
+use crate::kube_proxy;
+use anyhow::{bail, ensure, Context, Result};
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vipr_dataplane::tables::{Compiler, DesiredState, Tables};
+use vipr_k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
+use vipr_k8s::{fixtures, translate, Inputs, Options};
+use vipr_xdp::{Limits, Programmer, Xdp};
+
+const ENDPOINTS: usize = 10;
+
+struct Sizes {
+    /// The cold figure's size, also the larger size of the change figure (the cold
+    /// run's programmed maps and iptables namespace are reused for it).
+    large: usize,
+    small: usize,
+    /// Events per size: incremental, full re-translation, iptables partial sync.
+    events: (usize, usize, usize),
+}
+
+pub fn suite(smoke: bool, machine: &str) -> Result<String> {
+    let sizes = if smoke {
+        Sizes { large: 50, small: 20, events: (20, 5, 3) }
+    } else {
+        Sizes { large: 10_000, small: 1_000, events: (1_000, 50, 30) }
+    };
+    let (mut world, cold) = World::cold(sizes.large)?;
+    let large = one_change(&mut world, sizes.events)?;
+    drop(world);
+    let (mut world, _) = World::cold(sizes.small)?;
+    let small = one_change(&mut world, sizes.events)?;
+    drop(world);
+    Ok(report(smoke, machine, &sizes, &cold, &[small, large]))
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster
+
+/// Endpoint addresses: 192.0.2.1-254 and 198.51.100.1-254.
+fn endpoint_pool() -> Vec<IpAddr> {
+    (1..=254u8)
+        .map(|h| IpAddr::from([192, 0, 2, h]))
+        .chain((1..=254u8).map(|h| IpAddr::from([198, 51, 100, h])))
+        .collect()
+}
+
+/// `n` Services of ENDPOINTS ready endpoints each, as Kubernetes objects and as
+/// kube-proxy's model of the same Services (same VIPs, ports and endpoints).
+fn cluster(n: usize) -> (Inputs, Vec<kube_proxy::Service>) {
+    let kp = kube_proxy::services(n, ENDPOINTS, &endpoint_pool());
+    let mut inputs = Inputs::default();
+    for (i, s) in kp.iter().enumerate() {
+        let name = format!("svc-{i}");
+        inputs.services.push(
+            fixtures::service(&name)
+                .cluster_ip(&s.vip.to_string())
+                .port(s.port.into(), 8080)
+                .build(),
+        );
+        let mut slice = fixtures::slice(&format!("{name}-1"), &name).port(8080);
+        for (ep, _) in &s.endpoints {
+            slice = slice.ready(&ep.to_string());
+        }
+        inputs.endpoint_slices.push(slice.build());
+    }
+    (inputs, kp)
+}
+
+fn limits() -> Limits {
+    Limits {
+        vips: 16_384,
+        backends: 1 << 17,
+        conntrack_flows: 1 << 12,
+        source_ranges: 64,
+        next_hops: 64,
+    }
+}
+
+fn desired(inputs: &Inputs, opts: &Options) -> Result<DesiredState> {
+    let t = translate(inputs, opts);
+    ensure!(
+        t.warnings.is_empty(),
+        "the benchmark cluster translates with warnings: {:?}",
+        t.warnings
+    );
+    ensure!(
+        t.vips.len() == inputs.services.len(),
+        "{} VIPs from {} Services",
+        t.vips.len(),
+        inputs.services.len()
+    );
+    Ok(DesiredState { vips: t.into_vip_specs(), ..Default::default() })
+}
+
+// ---------------------------------------------------------------------------------------
+// Cold programming
+
+struct Cold {
+    n: usize,
+    rules: usize,
+    objects_rss: usize,
+    translate: Duration,
+    compile: Duration,
+    program: Duration,
+    vipr_rss: usize,
+    ring_bytes: usize,
+    render: Duration,
+    restore: Duration,
+    restore_rss: usize,
+    iptables: String,
+}
+
+impl Cold {
+    fn vipr(&self) -> Duration {
+        self.translate + self.compile + self.program
+    }
+    fn kube_proxy(&self) -> Duration {
+        self.render + self.restore
+    }
+}
+
+/// `n` Services programmed both ways, ready for changes.
+struct World {
+    n: usize,
+    inputs: Inputs,
+    kp: Vec<kube_proxy::Service>,
+    state: DesiredState,
+    xdp: Xdp,
+    compiler: Compiler,
+    programmer: Programmer,
+    /// Holds kube-proxy's full rule set for the Services.
+    netns: Netns,
+}
+
+impl World {
+    /// Programs `n` Services from cold both ways, timing each step.
+    fn cold(n: usize) -> Result<(World, Cold)> {
+        let opts = Options::default();
+        let rss0 = rss_bytes();
+        let (inputs, kp) = cluster(n);
+        let objects_rss = rss_bytes().saturating_sub(rss0);
+
+        // The maps exist (the agent has loaded its program) and are empty.
+        let mut xdp = Xdp::load(limits(), None)?;
+        let rss0 = rss_bytes();
+        let start = Instant::now();
+        let state = desired(&inputs, &opts)?;
+        let translate = start.elapsed();
+        let start = Instant::now();
+        let mut compiler = Compiler::default();
+        let tables = compiler.compile(&state)?;
+        let compile = start.elapsed();
+        let start = Instant::now();
+        let mut programmer = Programmer::new();
+        let written = programmer.program(&mut xdp.maps, &xdp.limits, &tables)?;
+        let program = start.elapsed();
+        let vipr_rss = rss_bytes().saturating_sub(rss0);
+        eprintln!(
+            "programming: {n} Services from cold: translate {:.0} ms, compile {:.0} ms, program {:.0} ms",
+            ms(translate),
+            ms(compile),
+            ms(program)
+        );
+        ensure!(
+            written.rings_written == n,
+            "{} rings written for {n} Services",
+            written.rings_written
+        );
+        ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
+        let ring_bytes = tables.vips.values().map(|v| v.ring.len() * 4).sum();
+        drop(tables);
+
+        let start = Instant::now();
+        let rules = kube_proxy::iptables_restore(&kp);
+        let render = start.elapsed();
+        let netns = Netns::new(&format!("vipr-bench-prog-{n}"))?;
+        let (restore, restore_rss) = netns.restore(&rules, &[])?;
+        eprintln!("programming: {n} Services from cold: iptables-restore {:.0} ms", ms(restore));
+        // iptables-save takes minutes (and crashes) at 10k Services: look at one
+        // Service's chains instead.
+        netns.check_service(n - 1, &kp[n - 1])?;
+        let iptables = Command::new("iptables-restore")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let cold = Cold {
+            n,
+            rules: rules.lines().filter(|l| l.starts_with("-A ")).count(),
+            objects_rss,
+            translate,
+            compile,
+            program,
+            vipr_rss,
+            ring_bytes,
+            render,
+            restore,
+            restore_rss,
+            iptables,
+        };
+        Ok((World { n, inputs, kp, state, xdp, compiler, programmer, netns }, cold))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One endpoint change
+
+struct Change {
+    n: usize,
+    /// Event to programmed, translating only the changed Service.
+    incremental: Histogram<u64>,
+    /// The stages of the incremental path.
+    stages: [Histogram<u64>; 3],
+    /// Event to programmed, translating every object again.
+    full: Histogram<u64>,
+    /// kube-proxy: iptables-restore --noflush of the changed Service's chains.
+    iptables: Histogram<u64>,
+}
+
+/// xorshift64: the events' choice of Service and endpoint, the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Moves one endpoint of the slice to an address the slice does not have yet.
+fn move_endpoint(slice: &mut EndpointSlice, pool: &[IpAddr], rng: &mut Rng) {
+    let eps = slice.endpoints.as_mut().expect("fixture slices have endpoints");
+    let j = rng.below(eps.len());
+    loop {
+        let addr = pool[rng.below(pool.len())].to_string();
+        if eps.iter().all(|e| e.addresses[0] != addr) {
+            eps[j].addresses[0] = addr;
+            return;
+        }
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is valid")
+}
+
+fn one_change(
+    w: &mut World,
+    (events, full_events, iptables_events): (usize, usize, usize),
+) -> Result<Change> {
+    let n = w.n;
+    let opts = Options::default();
+    let pool = endpoint_pool();
+    // Where each Service's VIP sits in the desired state (VIPs are sorted by address).
+    let index: std::collections::HashMap<(IpAddr, u16), usize> =
+        w.state.vips.iter().enumerate().map(|(at, v)| ((v.addr, v.port), at)).collect();
+    let pos: Vec<usize> =
+        w.kp.iter()
+            .map(|s| index.get(&(s.vip, s.port)).copied().context("a Service without its VIP"))
+            .collect::<Result<_>>()?;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let mut change = Change {
+        n,
+        incremental: hist(),
+        stages: [hist(), hist(), hist()],
+        full: hist(),
+        iptables: hist(),
+    };
+    let check = |tables: &Tables, compiler: &Compiler, report: vipr_xdp::ProgramReport| {
+        ensure!(
+            compiler.rings_built == 1 && report.rings_written == 1,
+            "one endpoint change built {} and wrote {} rings",
+            compiler.rings_built,
+            report.rings_written
+        );
+        ensure!(tables.vips.len() == n, "{} VIPs programmed", tables.vips.len());
+        Ok(())
+    };
+
+    for _ in 0..events {
+        let k = rng.below(n);
+        let event = Instant::now();
+        move_endpoint(&mut w.inputs.endpoint_slices[k], &pool, &mut rng);
+        let one = Inputs {
+            services: vec![w.inputs.services[k].clone()],
+            endpoint_slices: vec![w.inputs.endpoint_slices[k].clone()],
+            nodes: Vec::new(),
+        };
+        let t = translate(&one, &opts);
+        ensure!(t.vips.len() == 1, "Service {k} translates to {} VIPs", t.vips.len());
+        w.state.vips[pos[k]] = t.into_vip_specs().pop().expect("one VIP");
+        let translated = Instant::now();
+        let tables = w.compiler.compile(&w.state)?;
+        let compiled = Instant::now();
+        let report = w.programmer.program(&mut w.xdp.maps, &w.xdp.limits, &tables)?;
+        let done = Instant::now();
+        change.incremental.record(ns(done - event))?;
+        change.stages[0].record(ns(translated - event))?;
+        change.stages[1].record(ns(compiled - translated))?;
+        change.stages[2].record(ns(done - compiled))?;
+        check(&tables, &w.compiler, report)?;
+    }
+
+    for _ in 0..full_events {
+        let k = rng.below(n);
+        let event = Instant::now();
+        move_endpoint(&mut w.inputs.endpoint_slices[k], &pool, &mut rng);
+        w.state = desired(&w.inputs, &opts)?;
+        let tables = w.compiler.compile(&w.state)?;
+        let report = w.programmer.program(&mut w.xdp.maps, &w.xdp.limits, &tables)?;
+        change.full.record(ns(event.elapsed()))?;
+        check(&tables, &w.compiler, report)?;
+    }
+
+    eprintln!(
+        "programming: {n} Services, one change: vipr p99 {:.2} ms incremental, {:.2} ms full",
+        pct(&change.incremental, 0.99),
+        pct(&change.full, 0.99)
+    );
+    // kube-proxy's side: the namespace holds the full rule set; each event restores the
+    // changed Service's chains only.
+    for _ in 0..iptables_events {
+        let k = rng.below(n);
+        let j = rng.below(ENDPOINTS);
+        let addr = loop {
+            let a = pool[rng.below(pool.len())];
+            if w.kp[k].endpoints.iter().all(|(ep, _)| *ep != a) {
+                break a;
+            }
+        };
+        w.kp[k].endpoints[j].0 = addr;
+        let start = Instant::now();
+        let partial = service_chains(&w.kp[k], k);
+        w.netns.restore(&partial, &["--noflush"])?;
+        change.iptables.record(ns(start.elapsed()))?;
+        // The partial restore replaced the Service's chains.
+        w.netns.check_service(k, &w.kp[k])?;
+    }
+    Ok(change)
+}
+
+/// kube-proxy's partial sync input for Service `k` alone: its KUBE-SVC and KUBE-SEP
+/// chains, declared (so flushed) and refilled; the KUBE-SERVICES jump stays.
+fn service_chains(svc: &kube_proxy::Service, k: usize) -> String {
+    let one = kube_proxy::iptables_restore(std::slice::from_ref(svc));
+    let mut out = String::from("*nat\n");
+    for line in one.lines() {
+        let keep = line.starts_with(":KUBE-SVC-")
+            || line.starts_with(":KUBE-SEP-")
+            || line.starts_with("-A KUBE-SVC-")
+            || line.starts_with("-A KUBE-SEP-");
+        if keep {
+            let line = line
+                .replace("KUBE-SVC-000000", &format!("KUBE-SVC-{k:06}"))
+                .replace("KUBE-SEP-000000-", &format!("KUBE-SEP-{k:06}-"))
+                .replace("default/svc-0:", &format!("default/svc-{k}:"));
+            out += &line;
+            out.push('\n');
+        }
+    }
+    out += "COMMIT\n";
+    out
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scratch network namespaces for iptables
+
+/// A network namespace of its own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip").args(["netns", "add", name]).status().context("running ip")?;
+        ensure!(ok.success(), "ip netns add {name} failed");
+        Ok(Netns(name.to_owned()))
+    }
+
+    /// iptables-restore `rules` (with `flags`) inside the namespace: wall time of the
+    /// process from spawn to exit, and its peak RSS.
+    fn restore(&self, rules: &str, flags: &[&str]) -> Result<(Duration, usize)> {
+        let start = Instant::now();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0, "iptables-restore"])
+            .args(flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ip netns exec ... iptables-restore")?;
+        child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
+        // wait4 rather than Child::wait: it also tells this child's own peak RSS.
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: the pid is our unreaped child; status and usage are valid out-pointers.
+        let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+        let took = start.elapsed();
+        ensure!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let status = std::process::ExitStatus::from_raw(status);
+        if !status.success() {
+            bail!("iptables-restore in netns {} failed ({status}): {}", self.0, err.trim());
+        }
+        Ok((took, usage.ru_maxrss as usize * 1024))
+    }
+
+    /// The namespace holds kube-proxy's chains for Service `k`: the jump to each
+    /// endpoint chain, and each endpoint chain's DNAT to its endpoint.
+    fn check_service(&self, k: usize, svc: &kube_proxy::Service) -> Result<()> {
+        let chain = self.output(&["iptables", "-t", "nat", "-S", &format!("KUBE-SVC-{k:06}")])?;
+        let jumps = chain.lines().filter(|l| l.contains(" -j KUBE-SEP-")).count();
+        ensure!(
+            jumps == svc.endpoints.len(),
+            "KUBE-SVC-{k:06} has {jumps} endpoint jumps:\n{chain}"
+        );
+        for (j, (ep, port)) in svc.endpoints.iter().enumerate() {
+            let sep = format!("KUBE-SEP-{k:06}-{j:03}");
+            let rules = self.output(&["iptables", "-t", "nat", "-S", &sep])?;
+            ensure!(
+                rules.contains(&format!("--to-destination {ep}:{port}")),
+                "{sep} does not DNAT to {ep}:{port}:\n{rules}"
+            );
+        }
+        Ok(())
+    }
+
+    fn output(&self, cmd: &[&str]) -> Result<String> {
+        let out = Command::new("ip").args(["netns", "exec", &self.0]).args(cmd).output()?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?} in netns {} failed ({}): {}",
+            self.0,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1e6
+}
+
+fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Control-plane programming\n");
+    let _ = writeln!(
+        s,
+        "Command: `cargo run --release -p vipr-bench -- programming --write bench/RESULTS.md`{}  \n\
+         Machine: {machine}  \n\
+         Services as Kubernetes objects (`vipr_k8s::fixtures`: a Service with a cluster IP and \
+         one port, an EndpointSlice of {ENDPOINTS} ready endpoints), translated (DaemonSet mode), \
+         compiled (one Maglev ring per VIP) and programmed into the maps of the loaded, unattached \
+         XDP program. Baseline: kube-proxy's iptables rule set for the same Services \
+         (bench/src/kube_proxy.rs, its chain layout), restored with `{}` into a scratch network \
+         namespace, in the same run.\n",
+        if smoke { " (SMOKE RUN: figures meaningless)" } else { "" },
+        c.iptables,
+    );
+
+    let _ = writeln!(s, "### From cold: {} Services x {ENDPOINTS} endpoints\n", c.n);
+    let _ = writeln!(s, "| step | vipr ms | kube-proxy (iptables) ms | ratio |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| objects -> desired state (translate / render {} rules) | {:.1} | {:.1} | {:.1}x |",
+        c.rules,
+        ms(c.translate),
+        ms(c.render),
+        ms(c.render) / ms(c.translate)
+    );
+    let _ = writeln!(s, "| compile (Maglev rings) | {:.1} | - | |", ms(c.compile));
+    let _ = writeln!(
+        s,
+        "| program the kernel (BPF maps / iptables-restore) | {:.1} | {:.1} | {:.1}x |",
+        ms(c.program),
+        ms(c.restore),
+        ms(c.restore) / ms(c.program)
+    );
+    let _ = writeln!(
+        s,
+        "| **total** | **{:.1}** | **{:.1}** | **{:.1}x** |\n",
+        ms(c.vipr()),
+        ms(c.kube_proxy()),
+        ms(c.kube_proxy()) / ms(c.vipr())
+    );
+    let _ = writeln!(
+        s,
+        "Goal: at least 100x faster: **{}** ({:.0}x). Memory: the objects took {:.0} MiB of RSS; \
+         translating, compiling and programming them grew this process's RSS by {:.0} MiB more \
+         (desired state, compiled tables, the programmer's copy of what is programmed); the rings \
+         hold {:.0} MiB in the kernel. iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
+         memory not counted).\n",
+        if ms(c.kube_proxy()) / ms(c.vipr()) >= 100.0 { "met" } else { "not met" },
+        ms(c.kube_proxy()) / ms(c.vipr()),
+        mib(c.objects_rss),
+        mib(c.vipr_rss),
+        mib(c.ring_bytes),
+        mib(c.restore_rss),
+    );
+
+    let _ = writeln!(s, "### One endpoint change: event to programmed\n");
+    let _ = writeln!(
+        s,
+        "An event: one endpoint of one Service's EndpointSlice moves to another address; timed \
+         until `program` has written it (asserted: one ring built and written, nothing else). \
+         Incremental: the changed Service is translated alone and replaces its VIP in the desired \
+         state; compile and program take the whole desired state and write what differs. \
+         Full: every object is translated again (what the live source does per batch today). \
+         Baseline: kube-proxy's partial sync, `iptables-restore --noflush` of the changed \
+         Service's KUBE-SVC and KUBE-SEP chains into the namespace holding the whole rule set. \
+         Events: {} incremental, {} full, {} iptables per size.\n",
+        sizes.events.0, sizes.events.1, sizes.events.2
+    );
+    let _ = writeln!(
+        s,
+        "| Services | vipr incremental p50 / p99 ms | stages p50 ms (translate / compile / program) | vipr full p50 / p99 ms | iptables partial p50 / p99 ms | ratio p99 |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    for ch in changes {
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} / {:.3} | {:.3} / {:.3} / {:.3} | {:.2} / {:.2} | {:.1} / {:.1} | {:.0}x |",
+            ch.n,
+            pct(&ch.incremental, 0.5),
+            pct(&ch.incremental, 0.99),
+            pct(&ch.stages[0], 0.5),
+            pct(&ch.stages[1], 0.5),
+            pct(&ch.stages[2], 0.5),
+            pct(&ch.full, 0.5),
+            pct(&ch.full, 0.99),
+            pct(&ch.iptables, 0.5),
+            pct(&ch.iptables, 0.99),
+            pct(&ch.iptables, 0.99) / pct(&ch.incremental, 0.99),
+        );
+    }
+    if let [small, large] = changes {
+        let p99 = pct(&large.incremental, 0.99);
+        let growth = p99 / pct(&small.incremental, 0.99);
+        let _ = writeln!(
+            s,
+            "\nGoal: p99 under 5 ms at {} Services: **{}** ({p99:.3} ms); flat from {} to {}: \
+             **{}** (p99 x{growth:.1} for {}x the Services).",
+            large.n,
+            if p99 < 5.0 { "met" } else { "not met" },
+            small.n,
+            large.n,
+            if growth <= 2.0 { "met" } else { "not met" },
+            large.n / small.n.max(1),
+        );
+    }
+    s
+}
