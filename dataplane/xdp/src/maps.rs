@@ -26,6 +26,9 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Stats>,
     /// Entries the conntrack map holds (two a flow).
     conntrack_capacity: u32,
+    /// A second descriptor of `RINGS`: aya's handle does not lend its own, and batch
+    /// updates need one.
+    rings_fd: std::os::fd::OwnedFd,
 }
 
 /// Conntrack occupancy as `vipr status` shows it.
@@ -60,6 +63,14 @@ impl Maps {
     }
 
     fn build(get: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        let rings = get(names::RINGS)?;
+        let rings_fd = match &rings {
+            Map::ArrayOfMaps(d) => {
+                use std::os::fd::AsFd;
+                d.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Io { path: names::RINGS.into(), source })?
+            }
+            _ => return Err(Error::MissingMap { map: names::RINGS }),
+        };
         let conntrack = get(names::CONNTRACK)?;
         let conntrack_capacity = match &conntrack {
             Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
@@ -69,7 +80,8 @@ impl Maps {
             conntrack_capacity,
             vips: typed(names::VIPS, get(names::VIPS)?)?,
             vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
-            rings: typed(names::RINGS, get(names::RINGS)?)?,
+            rings: typed(names::RINGS, rings)?,
+            rings_fd,
             backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
@@ -128,6 +140,12 @@ impl Maps {
             self.backend_stats.set(i, zero_stats(), 0).map_err(map_err(names::BACKEND_STATS))?;
         }
         Ok(())
+    }
+
+    /// The descriptor of the `RINGS` outer map, for batch updates.
+    pub(crate) fn rings_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.rings_fd.as_fd()
     }
 
     /// The ring size (M) of a VIP id, if it has a ring.

@@ -1,6 +1,6 @@
-//! The two bpf(2) calls aya 0.14 does not offer: creating a ring's inner array map and
-//! filling it with one `BPF_MAP_UPDATE_BATCH` call instead of one syscall per slot (a
-//! ring of 1009 slots is one call, not 1009).
+//! The bpf(2) calls aya 0.14 does not offer: creating a ring's inner array map, filling
+//! it with one `BPF_MAP_UPDATE_BATCH` call instead of one syscall per slot (a ring of
+//! 1009 slots is one call, not 1009), and swapping many rings into the outer map at once.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -69,6 +69,14 @@ pub fn create_u32_array(name: &str, entries: u32, flags: u32) -> io::Result<Owne
 /// Writes `values[i]` at index `i` of a u32 array map, in one call.
 pub fn fill_u32_array(map: BorrowedFd<'_>, values: &[u32]) -> io::Result<()> {
     let keys: Vec<u32> = (0..values.len() as u32).collect();
+    update_u32_batch(map, &keys, values)
+}
+
+/// Writes `values[i]` under `keys[i]` of a map with u32 keys and values (an array, or an
+/// array of maps whose values are inner map descriptors), in one call. For an array of
+/// maps that is also one wait for running programs (Linux 6.8) instead of one an entry.
+pub fn update_u32_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
