@@ -193,7 +193,7 @@ impl Bed {
         let cpu0 = cpu_busy_ns();
         let start = Instant::now();
         let (progs, ifindex) = (&mut self.progs, self.c0_ifindex);
-        in_netns(&self.tb.client_ns(), || Ok(progs.generate(template, ifindex, count, 64)?))?;
+        in_netns(&self.tb.client_ns(), || Ok(progs.generate(template, ifindex, count, 8)?))?;
         let wall = start.elapsed();
         std::thread::sleep(Duration::from_millis(50));
         let cpu = cpu_busy_ns().saturating_sub(cpu0);
@@ -281,7 +281,7 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     let requests = if opts.smoke { 5 } else { 200 };
     let mut bed = Bed::new()?;
     let ports = port_table(opts.flows, opts.zipf);
-    bed.progs.set_pktgen(&ports, 14 + 20, 0)?;
+    bed.progs.set_pktgen(&ports, 14 + 20, 14 + 20 + 6)?;
     let total = 1 + opts.sizes.len() * 3;
     let mut done = 0;
     let mut progress = |what: &str| {
@@ -307,7 +307,7 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     bed.progs.set_redirect(to)?;
     let link = in_netns(&lb, || Ok(bed.progs.attach(PROG_REDIRECT, "lbc")?))?;
     {
-        let template = bed.template("203.0.113.1".parse()?, 1000, opts.frame_len)?;
+        let template = bed.template("203.0.113.1".parse()?, SINK_PORT, opts.frame_len)?;
         let (delivered, wall, cpu, _) = bed.measure(&template, count)?;
         samples.push(Sample {
             peer: "bare XDP redirect".into(),
