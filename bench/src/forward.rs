@@ -140,6 +140,8 @@ struct Bed {
     progs: BenchPrograms,
     c0_ifindex: u32,
     backends: Vec<IpAddr>,
+    /// The generator's source ports (flows).
+    ports: Vec<u16>,
 }
 
 impl Bed {
@@ -176,7 +178,7 @@ impl Bed {
         let c0_ifindex = ifindex(&tb, &tb.client_ns(), "c0")?;
         let backends =
             (0..tb.backends).map(|i| testbed::backend_addr(i).parse().unwrap()).collect();
-        Ok(Bed { tb, progs, c0_ifindex, backends })
+        Ok(Bed { tb, progs, c0_ifindex, backends, ports: vec![10_000] })
     }
 
     fn template(&self, vip: IpAddr, port: u16, frame_len: usize) -> Result<Vec<u8>> {
@@ -187,8 +189,11 @@ impl Bed {
         Ok(pkt.payload(&vec![0u8; frame_len.saturating_sub(headers).max(6)]).frame())
     }
 
-    /// Sends `count` frames of `template` and measures what arrives.
+    /// Sends `count` frames of `template` (source ports from `ports`) and measures what
+    /// arrives.
     fn measure(&mut self, template: &[u8], count: u32) -> Result<(u64, Duration, u64, Vec<u64>)> {
+        // UDP/IPv4: source port at 34, checksum at 40.
+        self.progs.set_pktgen(template, &self.ports, 14 + 20, 14 + 20 + 6)?;
         self.progs.reset_sinks()?;
         let cpu0 = cpu_busy_ns();
         let start = Instant::now();
@@ -280,8 +285,7 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     let count: u32 = if opts.smoke { 20_000 } else { 3_000_000 };
     let requests = if opts.smoke { 5 } else { 200 };
     let mut bed = Bed::new()?;
-    let ports = port_table(opts.flows, opts.zipf);
-    bed.progs.set_pktgen(&ports, 14 + 20, 14 + 20 + 6)?;
+    bed.ports = port_table(opts.flows, opts.zipf);
     let total = 1 + opts.sizes.len() * 3;
     let mut done = 0;
     let mut progress = |what: &str| {

@@ -56,7 +56,12 @@ fn desired() -> DesiredState {
             affinity_timeout_s: None,
             source_ranges: vec![],
             ring_max: DEFAULT_RING_MAX,
-            backends: vec![BackendSpec { addr: backend.parse().unwrap(), port: 8088, weight: 1, draining: false }],
+            backends: vec![BackendSpec {
+                addr: backend.parse().unwrap(),
+                port: 8088,
+                weight: 1,
+                draining: false,
+            }],
         };
         [vip(a, b), vip(b, a)]
     };
@@ -99,7 +104,11 @@ pub fn suite(smoke: bool, machine: &str) -> Result<String> {
             // Interleaved rounds, best of each: the VM's noise only ever adds time.
             for _ in 0..rounds {
                 let (action, d) = xdp.test_run(&mut frame.clone(), 1, repeat)?;
-                ensure!(action == XDP_PASS, "{} {scenario}: action {action}, expected XDP_PASS", f.name);
+                ensure!(
+                    action == XDP_PASS,
+                    "{} {scenario}: action {action}, expected XDP_PASS",
+                    f.name
+                );
                 ns = ns.min(d.as_nanos() as f64);
                 let (_, d) = xdp.test_run_pass(&mut frame.clone(), repeat)?;
                 base = base.min(d.as_nanos() as f64);

@@ -4,6 +4,7 @@
 /// Map names of the benchmark programs.
 pub const PKTGEN_CONFIG: &str = "PKTGEN_CONFIG";
 pub const PKTGEN_PORTS: &str = "PKTGEN_PORTS";
+pub const PKTGEN_HEADERS: &str = "PKTGEN_HEADERS";
 pub const PKTGEN_SEQ: &str = "PKTGEN_SEQ";
 pub const SINK_COUNTS: &str = "SINK_COUNTS";
 pub const REDIRECT_TO: &str = "REDIRECT_TO";
@@ -16,6 +17,12 @@ pub const PROG_REDIRECT: &str = "vipr_redirect";
 /// drops TCP and UDP to it, and lets everything else through (the latency probe's real
 /// servers listen elsewhere).
 pub const SINK_PORT: u16 = 9999;
+
+/// Bytes of the template frame `vipr_pktgen` writes back into every frame before it
+/// varies it: BPF_PROG_TEST_RUN's live mode recycles pages without restoring them, so a
+/// frame would otherwise start as the last one ended (translated by the peer under test).
+/// Every header of a benchmark frame lies within them.
+pub const PKTGEN_HEADERS_LEN: usize = 64;
 
 /// Entries of the source-port table the generator walks: uniform or Zipf draws over
 /// the flows, filled by the bench tool.

@@ -1,7 +1,7 @@
 //! The benchmark topology's programs (vipr_abi::bench); the load balancer never runs them.
 //!
-//! - `vipr_pktgen` runs under BPF_PROG_TEST_RUN with live frames: each run rewrites the
-//!   template frame's source port from a table (uniform or Zipf flows) and sends it out
+//! - `vipr_pktgen` runs under BPF_PROG_TEST_RUN with live frames: each run restores the
+//!   template's headers, rewrites the source port from a table (uniform or Zipf flows) and sends it out
 //!   with XDP_TX.
 //! - `vipr_sink` sits on a backend's interface: counts benchmark traffic (to `SINK_PORT`)
 //!   per backend and drops it, so the delivered rate is measured where packets land;
@@ -17,7 +17,9 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use vipr_abi::bench::{PktgenConfig, RedirectTo, SinkCount, PKTGEN_PORTS_LEN, SINK_PORT};
+use vipr_abi::bench::{
+    PktgenConfig, RedirectTo, SinkCount, PKTGEN_HEADERS_LEN, PKTGEN_PORTS_LEN, SINK_PORT,
+};
 use vipr_abi::checksum::update16;
 use vipr_abi::{PROTO_TCP, PROTO_UDP};
 
@@ -26,6 +28,9 @@ static PKTGEN_CONFIG: Array<PktgenConfig, 1> = Array::new();
 
 #[btf_map]
 static PKTGEN_PORTS: Array<u16, { PKTGEN_PORTS_LEN as usize }> = Array::new();
+
+#[btf_map]
+static PKTGEN_HEADERS: Array<[u8; PKTGEN_HEADERS_LEN], 1> = Array::new();
 
 #[btf_map]
 static PKTGEN_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
@@ -38,9 +43,15 @@ static REDIRECT_TO: Array<RedirectTo, 1> = Array::new();
 
 #[xdp]
 pub fn vipr_pktgen(ctx: XdpContext) -> u32 {
-    let (Some(cfg), Some(seq)) = (PKTGEN_CONFIG.get(0), PKTGEN_SEQ.get_ptr_mut(0)) else {
+    let (Some(cfg), Some(seq), Some(headers)) =
+        (PKTGEN_CONFIG.get(0), PKTGEN_SEQ.get_ptr_mut(0), PKTGEN_HEADERS.get(0))
+    else {
         return xdp_action::XDP_ABORTED;
     };
+    // Live mode recycles pages as the peer under test left them: start from the template.
+    if store(&ctx, 0, *headers).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
     // SAFETY: a per-CPU value: no other program touches it on this CPU meanwhile.
     let i = unsafe {
         *seq = (*seq).wrapping_add(1);

@@ -65,9 +65,24 @@ impl BenchPrograms {
         self.program(program)?.detach(link).map_err(|source| Error::Program { program, source })
     }
 
-    /// Sets what the generator sends: source ports drawn from `ports` (at most
-    /// `PKTGEN_PORTS_LEN`), written at `sport_offset`, L4 checksum at `csum_offset`.
-    pub fn set_pktgen(&mut self, ports: &[u16], sport_offset: u32, csum_offset: u32) -> Result<()> {
+    /// Sets what the generator sends: `template`'s headers, with source ports drawn from
+    /// `ports` (at most `PKTGEN_PORTS_LEN`) written at `sport_offset`, L4 checksum at
+    /// `csum_offset`.
+    pub fn set_pktgen(
+        &mut self,
+        template: &[u8],
+        ports: &[u16],
+        sport_offset: u32,
+        csum_offset: u32,
+    ) -> Result<()> {
+        let mut headers = [0u8; PKTGEN_HEADERS_LEN];
+        let n = template.len().min(PKTGEN_HEADERS_LEN);
+        headers[..n].copy_from_slice(&template[..n]);
+        let mut m: Array<&mut MapData, [u8; PKTGEN_HEADERS_LEN]> = Array::try_from(
+            self.ebpf.map_mut(PKTGEN_HEADERS).ok_or(Error::MissingMap { map: PKTGEN_HEADERS })?,
+        )
+        .map_err(map_err(PKTGEN_HEADERS))?;
+        m.set(0, headers, 0).map_err(map_err(PKTGEN_HEADERS))?;
         let mut table: Array<&mut MapData, u16> = Array::try_from(
             self.ebpf.map_mut(PKTGEN_PORTS).ok_or(Error::MissingMap { map: PKTGEN_PORTS })?,
         )

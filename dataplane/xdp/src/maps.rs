@@ -67,7 +67,10 @@ impl Maps {
         let rings_fd = match &rings {
             Map::ArrayOfMaps(d) => {
                 use std::os::fd::AsFd;
-                d.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Io { path: names::RINGS.into(), source })?
+                d.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Io { path: names::RINGS.into(), source })?
             }
             _ => return Err(Error::MissingMap { map: names::RINGS }),
         };
