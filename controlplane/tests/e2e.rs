@@ -65,6 +65,14 @@ fn v6(port: u16) -> String {
     format!("[{VIP6}]:{port}")
 }
 
+/// A `seconds`-long HTTP stream from the client to the VIP, in the background.
+fn start_stream(s: &Setup, seconds: u64) -> std::process::Child {
+    let client = s.tb.client_ns();
+    let seconds = seconds.to_string();
+    let args = ["netns", "exec", &client, VIPR, "probe", &v4(VIP_PORT), "--stream", &seconds];
+    Command::new("ip").args(args).stdout(std::process::Stdio::piped()).spawn().unwrap()
+}
+
 fn status(s: &Setup) -> Value {
     let out = Command::new(VIPR)
         .args(["status", "--json", "--instance", &s.agent.instance])
@@ -128,22 +136,7 @@ fn one_udp_flow_stays_on_one_backend() {
 fn removing_a_backend_keeps_other_flows_and_sends_it_no_new_ones() {
     let s = setup("remove", "dnat");
     // Long streams in flight while the config changes.
-    let streams: Vec<_> = (0..8)
-        .map(|_| {
-            let mut cmd = Command::new("ip");
-            cmd.args([
-                "netns",
-                "exec",
-                &s.tb.client_ns(),
-                VIPR,
-                "probe",
-                &v4(VIP_PORT),
-                "--stream",
-                "4",
-            ]);
-            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
-        })
-        .collect();
+    let streams: Vec<_> = (0..8).map(|_| start_stream(&s, 4)).collect();
     std::thread::sleep(Duration::from_millis(800));
     std::fs::write(&s.config, config_for(&s.tb, &s.agent.instance, "dnat", &[0, 1, 2])).unwrap();
     std::thread::sleep(Duration::from_millis(1000)); // the agent polls the file every 200 ms
@@ -183,20 +176,7 @@ fn snat_mode_works_when_the_backends_do_not_route_back_through_vipr() {
 #[test]
 fn kill_9_of_the_agent_during_a_transfer_loses_no_flow() {
     let mut s = setup("kill", "dnat");
-    let stream = {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &s.tb.client_ns(),
-            VIPR,
-            "probe",
-            &v4(VIP_PORT),
-            "--stream",
-            "5",
-        ]);
-        cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
-    };
+    let stream = start_stream(&s, 5);
     // Some short flows too, so the conntrack holds more than the stream.
     let r = probe(&s, &v4(VIP_PORT), &["--count", "20"]);
     assert_eq!(r["failures"], 0);

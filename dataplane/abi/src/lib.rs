@@ -17,6 +17,7 @@ pub mod maps;
 #[cfg(feature = "user")]
 mod pod;
 pub mod tables;
+pub mod tcp;
 
 pub use hash::{affinity_hash, flow_hash, ring_index, FLOW_HASH_SEED};
 pub use tables::*;

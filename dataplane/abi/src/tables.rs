@@ -27,6 +27,10 @@ pub const RING_HEADER_SLOTS: u32 = 1;
 /// Ring slot value that means "no backend" (a VIP whose backends are all gone).
 pub const NO_BACKEND: u32 = u32::MAX;
 
+/// IPv6 extension headers both packet paths walk before giving up (hop-by-hop, routing,
+/// fragment, destination options: a legitimate packet rarely has more than two).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
 /// 16-byte address form: IPv4 in the first four bytes, the rest zero.
 pub type Addr = [u8; 16];
 

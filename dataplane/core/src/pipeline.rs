@@ -28,6 +28,7 @@ use arc_swap::{ArcSwap, Cache};
 use std::net::IpAddr;
 use std::sync::Arc;
 use vipr_abi::checksum::{self, update16, update_addr};
+use vipr_abi::tcp::{initial_tcp_state, is_opening, next_tcp_state};
 use vipr_abi::*;
 
 /// What the driver does with a frame after `process`.
@@ -246,7 +247,7 @@ impl Pipeline {
             let vs = Counters::stat(&mut self.counters.vips, vip.info.vip_id);
             vs.packets += 1;
             vs.bytes += len;
-            let reopen = tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
+            let reopen = is_opening(tcp_flags);
             let hit = match self.conntrack.lookup(&key, now, &settings) {
                 // A new SYN on a closing tuple is a new connection: choose afresh.
                 Some(e) if reopen && e.tcp_state == CT_CLOSING => None,
@@ -321,17 +322,7 @@ impl Pipeline {
         } else {
             (key.src, key.src_port, 0)
         };
-        let tcp_state = if key.proto != PROTO_TCP {
-            CT_NONE
-        } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            CT_CLOSING
-        } else if tcp_flags & TCP_SYN != 0 {
-            CT_SYN
-        } else {
-            // Mid-flow pickup (the conntrack lost the flow, or vipr restarted without its
-            // tables): Maglev gives most such flows their old backend; keep them going.
-            CT_ESTABLISHED
-        };
+        let tcp_state = initial_tcp_state(key.proto, tcp_flags);
         let forward = FlowEntry {
             last_seen_ns: now,
             nat_src,
@@ -457,12 +448,6 @@ impl Pipeline {
     }
 }
 
-// TCP flag bits as in the header's 13th byte.
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
 /// Marks a matched entry as seen now and moves its TCP state. Returns a copy, and the
 /// new state if it changed.
 #[inline]
@@ -472,21 +457,6 @@ fn refresh(e: &mut FlowEntry, proto: u8, tcp_flags: u8, now: u64) -> (FlowEntry,
     let moved = (state != e.tcp_state).then_some(state);
     e.tcp_state = state;
     (*e, moved)
-}
-
-/// The TCP state after a packet with `flags` matched an entry in `state`.
-fn next_tcp_state(proto: u8, state: u8, direction: u8, flags: u8) -> u8 {
-    if proto != PROTO_TCP {
-        return state;
-    }
-    if flags & (TCP_FIN | TCP_RST) != 0 {
-        return CT_CLOSING;
-    }
-    match state {
-        // The backend answered (SYN-ACK), or the client acknowledged: established.
-        CT_SYN if direction == FLOW_DIR_REPLY || flags & TCP_ACK != 0 => CT_ESTABLISHED,
-        s => s,
-    }
 }
 
 /// Parses the Ethernet and IP headers. `Ok(None)`: not IP, pass untouched.
@@ -551,9 +521,7 @@ fn parse_ip(t: &Tables, frame: &[u8]) -> Step<Option<Ip>> {
     }
 }
 
-/// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment,
-/// destination options: a legitimate packet rarely has more than two).
-pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+pub use vipr_abi::MAX_IPV6_EXT_HEADERS;
 
 fn ip_error(e: wire::Error) -> u32 {
     match e {

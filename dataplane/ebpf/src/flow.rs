@@ -14,13 +14,10 @@ use crate::Run;
 use aya_ebpf::btf_maps::{lpm_trie::Key, PerCpuArray};
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
+use vipr_abi::tcp::{initial_tcp_state, is_opening, next_tcp_state};
 use vipr_abi::*;
 
 // TCP flag bits as in the header's 13th byte.
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// LPM lookup keys match every bit of the address: the tag's 32 bits plus the address's.
 #[inline(always)]
@@ -125,7 +122,7 @@ fn track(run: &Run, ip: &Ip, entry: &mut FlowEntry) -> Result<Track, u32> {
         }
     }
     count_packet(&VIP_STATS, vip.vip_id, run.len);
-    let reopen = ip.tcp_flags & TCP_SYN != 0 && ip.tcp_flags & TCP_ACK == 0;
+    let reopen = is_opening(ip.tcp_flags);
     Ok(match lookup(key, run.now, run.settings) {
         // A new SYN on a closing tuple is a new connection: choose afresh.
         // SAFETY: `lookup` returned a live CONNTRACK value; see `refresh`.
@@ -212,22 +209,6 @@ fn refresh(e: *mut FlowEntry, ip: &Ip, now: u64, copy: &mut FlowEntry) -> bool {
     }
 }
 
-/// The TCP state after a packet with `flags` matched an entry in `state`.
-#[inline(always)]
-fn next_tcp_state(proto: u8, state: u8, direction: u8, flags: u8) -> u8 {
-    if proto != PROTO_TCP {
-        return state;
-    }
-    if flags & (TCP_FIN | TCP_RST) != 0 {
-        return CT_CLOSING;
-    }
-    // The backend answered (SYN-ACK), or the client acknowledged: established.
-    if state == CT_SYN && (direction == FLOW_DIR_REPLY || flags & TCP_ACK != 0) {
-        return CT_ESTABLISHED;
-    }
-    state
-}
-
 /// Chooses a backend for a flow the conntrack does not know, tracks it, and leaves its
 /// forward entry in `entry`.
 // It looks the VIP up again rather than take it from `track`: see `Track`.
@@ -266,17 +247,7 @@ fn new_flow(run: &Run, ip: &Ip, entry: &mut FlowEntry) -> Result<(), u32> {
     } else {
         0
     };
-    let tcp_state = if key.proto != PROTO_TCP {
-        CT_NONE
-    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_CLOSING
-    } else if tcp_flags & TCP_SYN != 0 {
-        CT_SYN
-    } else {
-        // Mid-flow pickup (the conntrack lost the flow, or vipr restarted without its
-        // tables): Maglev gives most such flows their old backend; keep them going.
-        CT_ESTABLISHED
-    };
+    let tcp_state = initial_tcp_state(key.proto, tcp_flags);
     // One entry on the stack serves both directions (the stack is 512 bytes): first the
     // reply entry, which rewrites answers to come from the VIP...
     *entry = FlowEntry {

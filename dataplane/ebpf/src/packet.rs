@@ -7,7 +7,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use vipr_abi::{drop, Addr, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use vipr_abi::{drop, Addr, FlowKey, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP};
 
 /// Offsets past this are treated as beyond the frame. It is larger than any linear XDP
 /// buffer (a page less head and tail room), and it keeps every packet offset below the
@@ -37,8 +37,6 @@ const ROUTING: u8 = 43;
 const FRAGMENT: u8 = 44;
 const DEST_OPTS: u8 = 60;
 const IPV6_FRAG_HEADER_LEN: usize = 8;
-/// The same bound as `vipr_dataplane::pipeline::MAX_IPV6_EXT_HEADERS`.
-const MAX_IPV6_EXT_HEADERS: usize = 4;
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds all of it
 /// and, for a one-byte `T`, the byte after it too.
