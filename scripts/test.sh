@@ -31,6 +31,7 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 step "benchmark smoke run"
 cargo run -q -p vipr-bench --locked -- --smoke >/dev/null
+cargo run -q -p vipr-bench --locked -- --smoke forward --tcp --ipv6 >/dev/null
 
 # One closing line for CI: the sum over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' target/test.log

@@ -33,10 +33,16 @@ use vipr_xdp::{AttachMode, Limits, Programmer, Xdp};
 const SINK_PORT: u16 = vipr_abi::bench::SINK_PORT;
 /// The latency Service: real servers answer on the backends' port 8080.
 const LATENCY_VIP: &str = "192.0.2.10";
+const LATENCY_VIP6: &str = "2001:db8:f::10";
 const LATENCY_PORT: u16 = 8088;
 
 pub struct Opts {
     pub smoke: bool,
+    /// TCP frames (ACK) instead of UDP.
+    pub tcp: bool,
+    /// IPv6 instead of IPv4. kube-proxy's rule sets are generated for IPv4 only, so an
+    /// IPv6 run measures vipr against the bare redirect.
+    pub ipv6: bool,
     pub flows: u32,
     pub zipf: bool,
     pub frame_len: usize,
@@ -140,6 +146,7 @@ struct Bed {
     progs: BenchPrograms,
     c0_ifindex: u32,
     backends: Vec<IpAddr>,
+    backends6: Vec<IpAddr>,
     /// The generator's source ports (flows).
     ports: Vec<u16>,
 }
@@ -150,26 +157,26 @@ impl Bed {
         let exe = std::env::current_exe()?;
         tb.start_backends(exe.to_str().context("bench path")?)?;
         let lb = tb.lb_ns();
-        // Static neighbours: the measurement never waits for ARP.
+        // Static neighbours of both families: the measurement never waits for ARP / ND.
         for i in 0..tb.backends {
             let mac = mac_of(&tb, &tb.backend_ns(i), "b0")?;
             let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             let dev = format!("lbb{}", i + 1);
-            tb.ns(
-                &lb,
-                &[
+            for addr in [testbed::backend_addr(i), testbed::backend_addr6(i)] {
+                let args = [
                     "ip",
                     "neigh",
                     "replace",
-                    &testbed::backend_addr(i),
+                    &addr,
                     "lladdr",
                     &mac,
                     "dev",
                     &dev,
                     "nud",
                     "permanent",
-                ],
-            )?;
+                ];
+                tb.ns(&lb, &args)?;
+            }
         }
         let mut progs = BenchPrograms::load()?;
         for i in 0..tb.backends {
@@ -178,22 +185,37 @@ impl Bed {
         let c0_ifindex = ifindex(&tb, &tb.client_ns(), "c0")?;
         let backends =
             (0..tb.backends).map(|i| testbed::backend_addr(i).parse().unwrap()).collect();
-        Ok(Bed { tb, progs, c0_ifindex, backends, ports: vec![10_000] })
+        let backends6 =
+            (0..tb.backends).map(|i| testbed::backend_addr6(i).parse().unwrap()).collect();
+        Ok(Bed { tb, progs, c0_ifindex, backends, backends6, ports: vec![10_000] })
     }
 
-    fn template(&self, vip: IpAddr, port: u16, frame_len: usize) -> Result<Vec<u8>> {
+    fn template(&self, vip: IpAddr, port: u16, opts: &Opts) -> Result<Vec<u8>> {
         let c0 = mac_of(&self.tb, &self.tb.client_ns(), "c0")?;
         let lbc = mac_of(&self.tb, &self.tb.lb_ns(), "lbc")?;
-        let headers = 14 + 20 + 8;
-        let pkt = Pkt::udp(testbed::CLIENT, 10_000, &vip.to_string(), port).macs(c0, lbc);
-        Ok(pkt.payload(&vec![0u8; frame_len.saturating_sub(headers).max(6)]).frame())
+        let client = if vip.is_ipv6() { testbed::CLIENT6 } else { testbed::CLIENT };
+        let (headers, _, _) = layout(opts);
+        let pkt = if opts.tcp {
+            Pkt::tcp(client, 10_000, &vip.to_string(), port, vipr_fixtures::frame::TCP_ACK)
+        } else {
+            Pkt::udp(client, 10_000, &vip.to_string(), port)
+        };
+        Ok(pkt
+            .macs(c0, lbc)
+            .payload(&vec![0u8; opts.frame_len.saturating_sub(headers).max(6)])
+            .frame())
     }
 
     /// Sends `count` frames of `template` (source ports from `ports`) and measures what
     /// arrives.
-    fn measure(&mut self, template: &[u8], count: u32) -> Result<(u64, Duration, u64, Vec<u64>)> {
-        // UDP/IPv4: source port at 34, checksum at 40.
-        self.progs.set_pktgen(template, &self.ports, 14 + 20, 14 + 20 + 6)?;
+    fn measure(
+        &mut self,
+        template: &[u8],
+        opts: &Opts,
+        count: u32,
+    ) -> Result<(u64, Duration, u64, Vec<u64>)> {
+        let (_, sport, csum) = layout(opts);
+        self.progs.set_pktgen(template, &self.ports, sport, csum)?;
         self.progs.reset_sinks()?;
         let cpu0 = cpu_busy_ns();
         let start = Instant::now();
@@ -203,16 +225,26 @@ impl Bed {
         std::thread::sleep(Duration::from_millis(50));
         let cpu = cpu_busy_ns().saturating_sub(cpu0);
         let counts = self.progs.sink_counts()?;
-        let per_backend: Vec<u64> = (21..25u8)
-            .map(|b| counts.iter().filter(|(i, _)| *i == b).map(|(_, c)| c.packets).sum())
+        // The sinks count by the last byte of the backend's address.
+        let backends = if opts.ipv6 { &self.backends6 } else { &self.backends };
+        let last_byte = |a: &IpAddr| match a {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(v6) => v6.octets()[15],
+        };
+        let per_backend: Vec<u64> = backends
+            .iter()
+            .map(|b| {
+                counts.iter().filter(|(i, _)| *i == last_byte(b)).map(|(_, c)| c.packets).sum()
+            })
             .collect();
         let delivered = counts.iter().map(|(_, c)| c.packets).sum();
         Ok((delivered, wall, cpu, per_backend))
     }
 
     /// Sequential HTTP requests from the client to the latency Service: percentiles in µs.
-    fn latency(&self, requests: usize) -> Result<(f64, f64)> {
-        let target: SocketAddr = format!("{LATENCY_VIP}:{LATENCY_PORT}").parse()?;
+    fn latency(&self, requests: usize, ipv6: bool) -> Result<(f64, f64)> {
+        let vip: IpAddr = if ipv6 { LATENCY_VIP6 } else { LATENCY_VIP }.parse()?;
+        let target = SocketAddr::new(vip, LATENCY_PORT);
         let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
         in_netns(&self.tb.client_ns(), || {
             for _ in 0..requests {
@@ -237,17 +269,29 @@ impl Bed {
     }
 }
 
+/// Header bytes, source-port offset and L4 checksum offset of a benchmark frame.
+fn layout(opts: &Opts) -> (usize, u32, u32) {
+    let l4 = 14 + if opts.ipv6 { 40 } else { 20 };
+    let (l4_len, csum) = if opts.tcp { (20, 16) } else { (8, 6) };
+    (l4 + l4_len, l4 as u32, (l4 + csum) as u32)
+}
+
 /// The benchmark Services plus the latency Service (last in every chain).
-fn service_set(n: usize, backends: &[IpAddr]) -> Vec<Service> {
+/// IPv6 VIPs are 2001:db8:f::1:<i>.
+fn service_set(n: usize, backends: &[IpAddr], opts: &Opts) -> Vec<Service> {
     let mut svcs = kube_proxy::services(n, backends.len(), backends);
-    for s in &mut svcs {
+    for (i, s) in svcs.iter_mut().enumerate() {
         for ep in &mut s.endpoints {
             ep.1 = SINK_PORT;
         }
-        s.proto = "udp";
+        s.proto = if opts.tcp { "tcp" } else { "udp" };
+        if opts.ipv6 {
+            s.vip = IpAddr::from([0x2001, 0xdb8, 0xf, 0, 0, 0, 1, i as u16 + 1]);
+            s.port = SINK_PORT;
+        }
     }
     svcs.push(Service {
-        vip: LATENCY_VIP.parse().unwrap(),
+        vip: if opts.ipv6 { LATENCY_VIP6 } else { LATENCY_VIP }.parse().unwrap(),
         port: LATENCY_PORT,
         proto: "tcp",
         endpoints: backends.iter().map(|b| (*b, testbed::BACKEND_PORT)).collect(),
@@ -311,8 +355,9 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     bed.progs.set_redirect(to)?;
     let link = in_netns(&lb, || Ok(bed.progs.attach(PROG_REDIRECT, "lbc")?))?;
     {
-        let template = bed.template("203.0.113.1".parse()?, SINK_PORT, opts.frame_len)?;
-        let (delivered, wall, cpu, _) = bed.measure(&template, count)?;
+        let dst = if opts.ipv6 { "2001:db8:f::1:1" } else { "203.0.113.1" };
+        let template = bed.template(dst.parse()?, SINK_PORT, opts)?;
+        let (delivered, wall, cpu, _) = bed.measure(&template, opts, count)?;
         samples.push(Sample {
             peer: "bare XDP redirect".into(),
             services: 0,
@@ -331,7 +376,8 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     in_netns(&lb, || Ok(bed.progs.detach(PROG_REDIRECT, link)?))?;
 
     for &n in &opts.sizes {
-        let svcs = service_set(n, &bed.backends.clone());
+        let backends = if opts.ipv6 { bed.backends6.clone() } else { bed.backends.clone() };
+        let svcs = service_set(n, &backends, opts);
         let first = (svcs[0].vip, svcs[0].port);
         let last = (svcs[n - 1].vip, svcs[n - 1].port);
 
@@ -370,10 +416,20 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
         }
         drop(xdp);
 
-        for (peer, input, cmd) in [
-            ("kube-proxy iptables", kube_proxy::iptables_restore(&svcs), vec!["iptables-restore"]),
-            ("kube-proxy nftables", kube_proxy::nftables(&svcs), vec!["nft", "-f", "-"]),
-        ] {
+        // kube-proxy's rule sets are generated for IPv4 only.
+        let peers = if opts.ipv6 {
+            vec![]
+        } else {
+            vec![
+                (
+                    "kube-proxy iptables",
+                    kube_proxy::iptables_restore(&svcs),
+                    vec!["iptables-restore"],
+                ),
+                ("kube-proxy nftables", kube_proxy::nftables(&svcs), vec!["nft", "-f", "-"]),
+            ]
+        };
+        for (peer, input, cmd) in peers {
             progress(&format!("{peer}, {n} Services"));
             let start = Instant::now();
             restore(&bed.tb, &lb, &cmd, &input)?;
@@ -416,9 +472,9 @@ fn sample(
     (vip, port): (IpAddr, u16),
     load_ms: f64,
 ) -> Result<Sample> {
-    let template = bed.template(vip, port, opts.frame_len)?;
-    let (delivered, wall, cpu, per_backend) = bed.measure(&template, count)?;
-    let (p50, p99) = bed.latency(requests)?;
+    let template = bed.template(vip, port, opts)?;
+    let (delivered, wall, cpu, per_backend) = bed.measure(&template, opts, count)?;
+    let (p50, p99) = bed.latency(requests, opts.ipv6)?;
     let active: Vec<u64> = per_backend.iter().copied().filter(|&c| c > 0).collect();
     let balance = if active.len() > 1 {
         let mean = active.iter().sum::<u64>() as f64 / per_backend.len() as f64;
@@ -465,12 +521,14 @@ fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String 
     let _ = writeln!(
         s,
         "Command: `sudo cargo run --release -p vipr-bench -- forward --write bench/RESULTS.md`{}  \nMachine: {machine}  \n\
-         {count} UDP/IPv4 frames of {} bytes a measurement, {} {} flows, from `vipr_pktgen` (BPF_PROG_TEST_RUN, live frames, \
+         {count} {}/{} frames of {} bytes a measurement, {} {} flows, from `vipr_pktgen` (BPF_PROG_TEST_RUN, live frames, \
          one core) out of the client's veth; counted and dropped by `vipr_sink` on the backends' veths. Every peer runs in the \
          router namespace of the same topology in the same run. Services: one endpoint on each of the 4 backends; kube-proxy's \
          rule sets are restored into the router namespace. Latency: {} sequential HTTP requests to a real server through the \
          same path (the latency Service sits last in every chain). CPU: the machine's busy time over delivered packets.\n",
         if opts.smoke { " (SMOKE RUN: figures meaningless)" } else { "" },
+        if opts.tcp { "TCP" } else { "UDP" },
+        if opts.ipv6 { "IPv6" } else { "IPv4" },
         opts.frame_len,
         opts.flows,
         if opts.zipf { "Zipf (s = 1.1)" } else { "uniform" },
@@ -598,6 +656,65 @@ pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
     for (p, color) in peers.iter().zip(colors).chain([(&"bare XDP redirect", "gray")]) {
         let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{p}</text>", w - 190.0, ly - 4.0, w - 172.0, ly);
         ly += 16.0;
+    }
+    s += "</svg>\n";
+    s
+}
+
+/// An SVG bar chart of p50 and p99 latency per peer, at the largest number of Services
+/// measured, traffic to the last Service.
+pub fn plot_latency(samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    let n = samples.iter().map(|x| x.services).max().unwrap_or(0);
+    let rows: Vec<&Sample> = samples
+        .iter()
+        .filter(|x| x.services == n && x.target == "last" && x.p99_us > 0.0)
+        .collect();
+    let (w, h, left, bottom) = (640.0, 300.0, 60.0, 60.0);
+    let max = rows.iter().map(|x| x.p99_us).fold(1.0f64, f64::max) * 1.1;
+    let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;
+    let slot = (w - left - 20.0) / rows.len().max(1) as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(s, "<text x=\"{left}\" y=\"14\">HTTP request latency through each peer, {n} Services (p50 dark, p99 light), µs</text>");
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        h - bottom,
+        w - 10.0,
+        h - bottom
+    );
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{v:.0}</text>",
+            left - 5.0,
+            y_of(v) + 4.0
+        );
+    }
+    for (i, x) in rows.iter().enumerate() {
+        let x0 = left + slot * i as f64 + slot * 0.2;
+        let bw = slot * 0.3;
+        for (j, (v, color)) in
+            [(x.p50_us, "#1b9e77"), (x.p99_us, "#a6dba0")].into_iter().enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"{color}\"/>",
+                x0 + j as f64 * bw,
+                y_of(v),
+                h - bottom - y_of(v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x0 + bw,
+            h - bottom + 16.0,
+            x.peer
+        );
     }
     s += "</svg>\n";
     s

@@ -51,6 +51,13 @@ struct Args {
     /// forward: flows the packet generator cycles through.
     #[arg(long, default_value_t = 1000)]
     gen_flows: u32,
+    /// forward: TCP (ACK) frames instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// forward: IPv6 instead of IPv4 (vipr against the bare redirect: kube-proxy's rule
+    /// sets are generated for IPv4 only).
+    #[arg(long)]
+    ipv6: bool,
     /// forward: Zipf-distributed flows instead of uniform.
     #[arg(long)]
     zipf: bool,
@@ -92,14 +99,25 @@ fn main() -> Result<()> {
         let sizes: Vec<usize> = if args.smoke { vec![1, 10] } else { args.services.clone() };
         let opts = forward::Opts {
             smoke: args.smoke,
+            tcp: args.tcp,
+            ipv6: args.ipv6,
             flows: args.gen_flows,
             zipf: args.zipf,
             frame_len: args.frame_size as usize,
             sizes: sizes.clone(),
         };
         let (text, samples) = forward::suite(&opts, &machine())?;
-        sections.push(("forward", text));
-        forwarding = Some((samples, sizes));
+        // Each frame kind has its own section; the plots show the default (UDP/IPv4).
+        let section = match (args.tcp, args.ipv6) {
+            (false, false) => "forward",
+            (true, false) => "forward-tcp",
+            (false, true) => "forward-ipv6",
+            (true, true) => "forward-tcp-ipv6",
+        };
+        sections.push((section, text));
+        if section == "forward" {
+            forwarding = Some((samples, sizes));
+        }
     }
     for (_, text) in &sections {
         println!("{text}");
@@ -116,7 +134,8 @@ fn main() -> Result<()> {
             let dir = path.parent().unwrap_or(std::path::Path::new("."));
             std::fs::write(dir.join("forwarding.json"), serde_json::to_string_pretty(samples)?)?;
             std::fs::write(dir.join("forwarding.svg"), forward::plot(samples, sizes))?;
-            eprintln!("wrote {}/forwarding.json and forwarding.svg", dir.display());
+            std::fs::write(dir.join("latency.svg"), forward::plot_latency(samples))?;
+            eprintln!("wrote {}/forwarding.json, forwarding.svg and latency.svg", dir.display());
         }
     }
     Ok(())

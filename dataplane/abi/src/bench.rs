@@ -18,11 +18,18 @@ pub const PROG_REDIRECT: &str = "vipr_redirect";
 /// servers listen elsewhere).
 pub const SINK_PORT: u16 = 9999;
 
-/// Bytes of the template frame `vipr_pktgen` writes back into every frame before it
-/// varies it: BPF_PROG_TEST_RUN's live mode recycles pages without restoring them, so a
-/// frame would otherwise start as the last one ended (translated by the peer under test).
-/// Every header of a benchmark frame lies within them.
-pub const PKTGEN_HEADERS_LEN: usize = 64;
+/// The start of the template frame that `vipr_pktgen` writes back into every frame
+/// before it varies it: BPF_PROG_TEST_RUN's live mode recycles pages without restoring
+/// them, so a frame would otherwise start as the last one ended (translated by the peer
+/// under test). `head` covers every header of a 64-byte frame; `tail` the rest of a
+/// TCP/IPv6 frame's headers, written only into frames that long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PktgenHeaders {
+    pub head: [u8; 64],
+    pub tail: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PktgenHeaders>() == 80);
 
 /// Entries of the source-port table the generator walks: uniform or Zipf draws over
 /// the flows, filled by the bench tool.

@@ -1,7 +1,7 @@
 //! `aya::Pod` for every table type, so the loader reads and writes them in maps.
 #![allow(unsafe_code)]
 
-use crate::bench::{PktgenConfig, RedirectTo, SinkCount};
+use crate::bench::{PktgenConfig, PktgenHeaders, RedirectTo, SinkCount};
 use crate::tables::*;
 
 macro_rules! pod {
@@ -29,6 +29,7 @@ pod!(
     Settings,
     Stats,
     PktgenConfig,
+    PktgenHeaders,
     SinkCount,
     RedirectTo,
 );

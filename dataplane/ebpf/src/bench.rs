@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vipr_abi::bench::{
-    PktgenConfig, RedirectTo, SinkCount, PKTGEN_HEADERS_LEN, PKTGEN_PORTS_LEN, SINK_PORT,
+    PktgenConfig, PktgenHeaders, RedirectTo, SinkCount, PKTGEN_PORTS_LEN, SINK_PORT,
 };
 use vipr_abi::checksum::update16;
 use vipr_abi::{PROTO_TCP, PROTO_UDP};
@@ -30,7 +30,7 @@ static PKTGEN_CONFIG: Array<PktgenConfig, 1> = Array::new();
 static PKTGEN_PORTS: Array<u16, { PKTGEN_PORTS_LEN as usize }> = Array::new();
 
 #[btf_map]
-static PKTGEN_HEADERS: Array<[u8; PKTGEN_HEADERS_LEN], 1> = Array::new();
+static PKTGEN_HEADERS: Array<PktgenHeaders, 1> = Array::new();
 
 #[btf_map]
 static PKTGEN_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
@@ -49,9 +49,10 @@ pub fn vipr_pktgen(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     // Live mode recycles pages as the peer under test left them: start from the template.
-    if store(&ctx, 0, *headers).is_none() {
+    if store(&ctx, 0, headers.head).is_none() {
         return xdp_action::XDP_ABORTED;
     }
+    let _ = store(&ctx, headers.head.len(), headers.tail);
     // SAFETY: a per-CPU value: no other program touches it on this CPU meanwhile.
     let i = unsafe {
         *seq = (*seq).wrapping_add(1);

@@ -75,10 +75,13 @@ impl BenchPrograms {
         sport_offset: u32,
         csum_offset: u32,
     ) -> Result<()> {
-        let mut headers = [0u8; PKTGEN_HEADERS_LEN];
-        let n = template.len().min(PKTGEN_HEADERS_LEN);
-        headers[..n].copy_from_slice(&template[..n]);
-        let mut m: Array<&mut MapData, [u8; PKTGEN_HEADERS_LEN]> = Array::try_from(
+        let mut bytes = [0u8; 80];
+        let n = template.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&template[..n]);
+        let mut headers = PktgenHeaders { head: [0; 64], tail: [0; 16] };
+        headers.head.copy_from_slice(&bytes[..64]);
+        headers.tail.copy_from_slice(&bytes[64..]);
+        let mut m: Array<&mut MapData, PktgenHeaders> = Array::try_from(
             self.ebpf.map_mut(PKTGEN_HEADERS).ok_or(Error::MissingMap { map: PKTGEN_HEADERS })?,
         )
         .map_err(map_err(PKTGEN_HEADERS))?;
