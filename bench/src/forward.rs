@@ -45,6 +45,8 @@ pub struct Opts {
     pub ipv6: bool,
     pub flows: u32,
     pub zipf: bool,
+    /// Frames a second to send at; `None`: as fast as the generator goes.
+    pub rate_pps: Option<u32>,
     pub frame_len: usize,
     pub sizes: Vec<usize>,
 }
@@ -220,7 +222,29 @@ impl Bed {
         let cpu0 = cpu_busy_ns();
         let start = Instant::now();
         let (progs, ifindex) = (&mut self.progs, self.c0_ifindex);
-        in_netns(&self.tb.client_ns(), || Ok(progs.generate(template, ifindex, count, 8)?))?;
+        in_netns(&self.tb.client_ns(), || {
+            match opts.rate_pps {
+                None => {
+                    progs.generate(template, ifindex, count, 8)?;
+                }
+                // Paced: 50 ms worth of frames a call, on schedule (each call sets up
+                // the kernel's live-frame machinery anew, which costs milliseconds).
+                Some(rate) => {
+                    let chunk = (rate / 20).max(64);
+                    let mut sent = 0;
+                    while sent < count {
+                        let n = chunk.min(count - sent);
+                        progs.generate(template, ifindex, n, 8)?;
+                        sent += n;
+                        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
         let wall = start.elapsed();
         std::thread::sleep(Duration::from_millis(50));
         let cpu = cpu_busy_ns().saturating_sub(cpu0);
@@ -521,7 +545,7 @@ fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String 
     let _ = writeln!(
         s,
         "Command: `sudo cargo run --release -p vipr-bench -- forward --write bench/RESULTS.md`{}  \nMachine: {machine}  \n\
-         {count} {}/{} frames of {} bytes a measurement, {} {} flows, from `vipr_pktgen` (BPF_PROG_TEST_RUN, live frames, \
+         {count} {}/{} frames of {} bytes a measurement, {} {} flows, at {}, from `vipr_pktgen` (BPF_PROG_TEST_RUN, live frames, \
          one core) out of the client's veth; counted and dropped by `vipr_sink` on the backends' veths. Every peer runs in the \
          router namespace of the same topology in the same run. Services: one endpoint on each of the 4 backends; kube-proxy's \
          rule sets are restored into the router namespace. Latency: {} sequential HTTP requests to a real server through the \
@@ -532,6 +556,7 @@ fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String 
         opts.frame_len,
         opts.flows,
         if opts.zipf { "Zipf (s = 1.1)" } else { "uniform" },
+        opts.rate_pps.map_or("the highest rate".to_string(), |r| format!("{r} frames/s")),
         if opts.smoke { 5 } else { 200 },
     );
     let _ = writeln!(s, "| peer | Services | target | delivered Mpps | drop share | p50 µs | p99 µs | CPU ns/pkt | balance max/mean | tables loaded in ms |");

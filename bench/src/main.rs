@@ -58,6 +58,9 @@ struct Args {
     /// sets are generated for IPv4 only).
     #[arg(long)]
     ipv6: bool,
+    /// forward: send at this many frames a second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u32>,
     /// forward: Zipf-distributed flows instead of uniform.
     #[arg(long)]
     zipf: bool,
@@ -103,6 +106,7 @@ fn main() -> Result<()> {
             ipv6: args.ipv6,
             flows: args.gen_flows,
             zipf: args.zipf,
+            rate_pps: args.rate,
             frame_len: args.frame_size as usize,
             sizes: sizes.clone(),
         };
