@@ -203,7 +203,14 @@ pub fn run(keep: bool) -> Result<()> {
         &tb.client_ns(),
         &[vipr.to_str().unwrap(), "probe", &format!("{VIP}:{VIP_PORT}"), "--count", "200"],
     )?;
-    print!("{}", indent(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&out).context("reading vipr probe's report")?;
+    if let Some(backends) = report["backends"].as_object() {
+        for (name, n) in backends {
+            println!("    {name}  {n} connections");
+        }
+    }
+    println!("    failed connections: {}", report["failures"]);
     check()?;
 
     say("vipr status (read from the pinned maps)");
