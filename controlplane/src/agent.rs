@@ -203,6 +203,16 @@ pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
     if cfg.interfaces.is_empty() {
         bail!("{}: no interfaces to attach to (add `interfaces:`)", path.display());
     }
+    // One agent an instance: two would fight over the same maps.
+    if let Some(pid) = std::fs::read_to_string(pid_file(&cfg.instance))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        // SAFETY: signal 0 only checks whether the process exists.
+        if pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } == 0 {
+            bail!("instance {:?} is already served by process {pid}; `vipr stop --instance {}` ends it", cfg.instance, cfg.instance);
+        }
+    }
     ensure_bpffs()?;
     let dir = pin_dir(&cfg.instance);
     let adopting = dir.join(vipr_abi::maps::VIPS).exists();

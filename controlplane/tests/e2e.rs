@@ -266,6 +266,15 @@ fn a_bad_config_on_reload_is_refused_and_the_running_tables_stay() {
     };
     assert_eq!(shape(&before), shape(&after), "the tables changed after a refused reload");
     assert!(s.agent.child.is_some(), "the agent keeps running");
+    // A second agent for the same instance is refused while the first one runs.
+    std::fs::write(&s.config, good).unwrap();
+    let out = Command::new(VIPR)
+        .args(["run", "--config", s.config.to_str().unwrap(), "--netns", &s.tb.lb_ns()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second agent started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already served by process"), "{err}");
 }
 
 #[test]
