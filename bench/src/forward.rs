@@ -381,21 +381,16 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     {
         let dst = if opts.ipv6 { "2001:db8:f::1:1" } else { "203.0.113.1" };
         let template = bed.template(dst.parse()?, SINK_PORT, opts)?;
-        let (delivered, wall, cpu, _) = bed.measure(&template, opts, count)?;
-        samples.push(Sample {
-            peer: "bare XDP redirect".into(),
-            services: 0,
-            target: "-",
-            sent: count as u64,
-            delivered,
-            mpps: delivered as f64 / wall.as_secs_f64() / 1e6,
-            drop_share: 1.0 - delivered as f64 / count as f64,
-            cpu_ns_per_packet: cpu as f64 / delivered.max(1) as f64,
-            balance_max_over_mean: 0.0,
-            p50_us: 0.0,
-            p99_us: 0.0,
-            load_ms: 0.0,
-        });
+        samples.push(rate_sample(
+            &mut bed,
+            opts,
+            count,
+            "bare XDP redirect",
+            0,
+            "-",
+            &template,
+            0.0,
+        )?);
     }
     in_netns(&lb, || Ok(bed.progs.detach(PROG_REDIRECT, link)?))?;
 
@@ -497,8 +492,24 @@ fn sample(
     load_ms: f64,
 ) -> Result<Sample> {
     let template = bed.template(vip, port, opts)?;
-    let (delivered, wall, cpu, per_backend) = bed.measure(&template, opts, count)?;
-    let (p50, p99) = bed.latency(requests, opts.ipv6)?;
+    let mut x = rate_sample(bed, opts, count, peer, n, target, &template, load_ms)?;
+    (x.p50_us, x.p99_us) = bed.latency(requests, opts.ipv6)?;
+    Ok(x)
+}
+
+/// Rate, drops, CPU and balance of `count` frames of `template`; no latency.
+#[allow(clippy::too_many_arguments)]
+fn rate_sample(
+    bed: &mut Bed,
+    opts: &Opts,
+    count: u32,
+    peer: &str,
+    n: usize,
+    target: &'static str,
+    template: &[u8],
+    load_ms: f64,
+) -> Result<Sample> {
+    let (delivered, wall, cpu, per_backend) = bed.measure(template, opts, count)?;
     let active: Vec<u64> = per_backend.iter().copied().filter(|&c| c > 0).collect();
     let balance = if active.len() > 1 {
         let mean = active.iter().sum::<u64>() as f64 / per_backend.len() as f64;
@@ -516,8 +527,8 @@ fn sample(
         drop_share: 1.0 - delivered as f64 / count as f64,
         cpu_ns_per_packet: cpu as f64 / delivered.max(1) as f64,
         balance_max_over_mean: balance,
-        p50_us: p50,
-        p99_us: p99,
+        p50_us: 0.0,
+        p99_us: 0.0,
         load_ms,
     })
 }
@@ -608,15 +619,15 @@ fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String 
     s
 }
 
-/// An SVG line chart of delivered Mpps against the number of Services, one line a peer.
-pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
+/// An SVG canvas of `(width, height, left margin, bottom margin)` with its axes and five
+/// y-axis ticks from 0 to `max`, labelled with `decimals` decimals.
+fn svg_frame(
+    (w, h, left, bottom): (f64, f64, f64, f64),
+    max: f64,
+    decimals: usize,
+    y_of: impl Fn(f64) -> f64,
+) -> String {
     use std::fmt::Write as _;
-    let (w, h, left, bottom) = (640.0, 360.0, 60.0, 40.0);
-    let peers = ["vipr XDP", "kube-proxy nftables", "kube-proxy iptables"];
-    let colors = ["#1b9e77", "#7570b3", "#d95f02"];
-    let max = samples.iter().map(|x| x.mpps).fold(0.0f64, f64::max).max(0.001) * 1.1;
-    let x_of = |i: usize| left + (w - left - 20.0) * (i as f64 + 0.5) / sizes.len() as f64;
-    let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
@@ -636,11 +647,24 @@ pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
         let v = max * k as f64 / 4.0;
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{v:.2}</text>",
+            "<text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{v:.decimals$}</text>",
             left - 5.0,
             y_of(v) + 4.0
         );
     }
+    s
+}
+
+/// An SVG line chart of delivered Mpps against the number of Services, one line a peer.
+pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, bottom) = (640.0, 360.0, 60.0, 40.0);
+    let peers = ["vipr XDP", "kube-proxy nftables", "kube-proxy iptables"];
+    let colors = ["#1b9e77", "#7570b3", "#d95f02"];
+    let max = samples.iter().map(|x| x.mpps).fold(0.0f64, f64::max).max(0.001) * 1.1;
+    let x_of = |i: usize| left + (w - left - 20.0) * (i as f64 + 0.5) / sizes.len() as f64;
+    let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;
+    let mut s = svg_frame((w, h, left, bottom), max, 2, y_of);
     for (i, n) in sizes.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -699,26 +723,8 @@ pub fn plot_latency(samples: &[Sample]) -> String {
     let max = rows.iter().map(|x| x.p99_us).fold(1.0f64, f64::max) * 1.1;
     let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;
     let slot = (w - left - 20.0) / rows.len().max(1) as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let mut s = svg_frame((w, h, left, bottom), max, 0, y_of);
     let _ = writeln!(s, "<text x=\"{left}\" y=\"14\">HTTP request latency through each peer, {n} Services (p50 dark, p99 light), µs</text>");
-    let _ = writeln!(
-        s,
-        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        h - bottom,
-        w - 10.0,
-        h - bottom
-    );
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{v:.0}</text>",
-            left - 5.0,
-            y_of(v) + 4.0
-        );
-    }
     for (i, x) in rows.iter().enumerate() {
         let x0 = left + slot * i as f64 + slot * 0.2;
         let bw = slot * 0.3;
