@@ -7,12 +7,19 @@
 #   scripts/k8s-apiserver.sh stop     # stops both (the state dir is kept)
 #   scripts/k8s-apiserver.sh restart-apiserver   # API server outage and return, etcd kept
 #   scripts/k8s-apiserver.sh compact  # compacts etcd to its current revision (410 Gone)
-#   scripts/k8s-apiserver.sh env      # prints VIPR_K8S_URL / VIPR_K8S_TOKEN for tests
+#   scripts/k8s-apiserver.sh env      # prints VIPR_K8S_URL, VIPR_K8S_TOKEN and
+#                                     # VIPR_K8S_AUDIT_LOG for tests
 #
 # Every step is idempotent: a finished step leaves a marker and is skipped next time.
 # Build output lives in $VIPR_K8S_CACHE (default /var/cache/vipr/k8s); the running
 # server's state (etcd data, certs, token, logs, pids) in $VIPR_K8S_STATE
-# (default /run/vipr-k8s). Ports: etcd 127.0.0.1:2379/2380, API 127.0.0.1:6443.
+# (default /run/vipr-k8s). Ports: etcd 127.0.0.1:$VIPR_K8S_ETCD_PORT and the next one
+# (default 2379/2380), API 127.0.0.1:$VIPR_K8S_PORT (default 6443).
+#
+# Authorization is RBAC, as in a cluster: the tests' token is in group system:masters
+# (everything allowed); deploy/'s ServiceAccount gets only its roles. Requests of
+# service accounts (nobody else's) go to an audit log at Metadata level, so a test can
+# see exactly which calls a controller made (controlplane/k8s/tests/rbac.rs).
 set -euo pipefail
 
 CACHE=${VIPR_K8S_CACHE:-/var/cache/vipr/k8s}
@@ -21,6 +28,10 @@ BIN=$CACHE/bin
 GOPATH_DIR=$CACHE/gopath
 TREE=$GOPATH_DIR/src/k8s.io/kubernetes
 API_PORT=${VIPR_K8S_PORT:-6443}
+ETCD_PORT=${VIPR_K8S_ETCD_PORT:-2379}
+ETCD=http://127.0.0.1:$ETCD_PORT
+ETCD_PEER=http://127.0.0.1:$((ETCD_PORT + 1))
+AUDIT_LOG=$STATE/audit.log
 TOKEN=vipr-integration-token
 # Documentation prefix: no real address is ever a Service's cluster IP here.
 SERVICE_RANGE=198.51.100.0/24
@@ -113,9 +124,9 @@ start_etcd() {
     running etcd && return
     mkdir -p "$STATE/etcd"
     setsid etcd --data-dir "$STATE/etcd" --name vipr \
-        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-        --initial-cluster vipr=http://127.0.0.1:2380 \
+        --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+        --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
+        --initial-cluster "vipr=$ETCD_PEER" \
         >"$STATE/etcd.log" 2>&1 &
     echo $! >"$STATE/etcd.pid"
 }
@@ -127,13 +138,23 @@ start_apiserver() {
         openssl rsa -in "$STATE/sa.key" -pubout -out "$STATE/sa.pub" 2>/dev/null
     fi
     echo "$TOKEN,admin,admin-uid,system:masters" >"$STATE/tokens.csv"
-    setsid "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
+    cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+POLICY
+    setsid "$BIN/kube-apiserver" --etcd-servers="$ETCD" \
         --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
         --cert-dir="$STATE/certs" \
         --service-account-issuer=https://kubernetes.default.svc \
         --service-account-key-file="$STATE/sa.pub" \
         --service-account-signing-key-file="$STATE/sa.key" \
-        --token-auth-file="$STATE/tokens.csv" --authorization-mode=AlwaysAllow \
+        --token-auth-file="$STATE/tokens.csv" --authorization-mode=RBAC \
+        --audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$AUDIT_LOG" \
         --service-cluster-ip-range="$SERVICE_RANGE" \
         --feature-gates=EndpointSliceNodeName=true,EndpointSliceTerminatingCondition=true \
         >"$STATE/kube-apiserver.log" 2>&1 &
@@ -179,16 +200,17 @@ restart-apiserver)
     start_apiserver
     ;;
 compact)
-    rev=$(ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint status -w json \
+    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ETCD" endpoint status -w json \
         | sed -n 's/.*"revision":\([0-9]*\).*/\1/p')
-    ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 compact "$rev"
+    ETCDCTL_API=3 etcdctl --endpoints="$ETCD" compact "$rev"
     ;;
 env)
     echo "VIPR_K8S_URL=https://127.0.0.1:$API_PORT"
     echo "VIPR_K8S_TOKEN=$TOKEN"
+    echo "VIPR_K8S_AUDIT_LOG=$AUDIT_LOG"
     ;;
 *)
-    sed -n '2,16p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
     ;;
 esac

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The real-API-server tier of vipr's tests: builds (once, cached) and starts a
 # kube-apiserver v1.20.2 with etcd on loopback (scripts/k8s-apiserver.sh), runs the
-# vipr-k8s tests with the live integration scenarios against it, and always stops both
-# servers again, also when a test fails or the run is interrupted.
+# vipr-k8s tests against it (tests/live.rs: the live source's scenarios; tests/rbac.rs:
+# the controller under deploy/'s ServiceAccount, RBAC checked against the audit log;
+# tests/deploy.rs needs no server), and always stops both servers again, also when a
+# test fails or the run is interrupted.
 #
 #   scripts/k8s-test.sh [ARGS]   # ARGS go to the test binaries (a test name filter, ...)
 #
@@ -44,5 +46,10 @@ eval "$(bash "$API" env)"
 set +a
 log "testing against $VIPR_K8S_URL"
 # The scenarios share one API server and take turns anyway; one thread keeps their
-# output in order.
+# output in order. Every test target of vipr-k8s runs: live, rbac, deploy and the
+# unit tests.
 cargo test -p vipr-k8s --features live --locked -- --test-threads=1 "$@"
+# `vipr run` with a `kubernetes:` section against the same server: a LoadBalancer
+# Service allocated, programmed into the XDP dataplane and reached over real TCP in
+# network namespaces (ignored in plain `cargo test`, which has no API server).
+VIPR_K8S_STATE=$STATE cargo test -p vipr --test kubernetes --locked -- --include-ignored --test-threads=1 "$@"

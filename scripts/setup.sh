@@ -15,6 +15,9 @@ fi
 APT_PACKAGES=(
   build-essential pkg-config clang-22 llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
   iproute2 iptables nftables conntrack iperf3 curl ethtool procps psmisc
+  # The DPDK driver (dataplane/dpdk): DPDK 22.11 headers, libraries and PMDs; its
+  # build.rs runs bindgen, which loads clang-22's libclang.
+  libdpdk-dev libclang1-22
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -19,9 +19,13 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p vipr-k8s --features live --all-targets --locked -- -D warnings
+cargo clippy -p vipr --features dpdk --all-targets --locked -- -D warnings
 
 step "cargo test (unit, property, fixtures in userspace and in the kernel, end to end)"
 cargo test --workspace --locked 2>&1 | tee -a target/test.log
+
+step "DPDK end to end (net_af_packet ports on the testbed's veths, --no-huge; the dpdk feature)"
+cargo test -p vipr --features dpdk --test e2e_dpdk --locked 2>&1 | tee -a target/test.log
 
 step "Kubernetes tier against a real kube-apiserver"
 bash scripts/k8s-test.sh 2>&1 | tee -a target/test.log

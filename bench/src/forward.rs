@@ -4,6 +4,8 @@
 //!
 //! - a bare XDP redirect program (the forwarding limit of this path),
 //! - vipr's XDP program,
+//! - vipr's AF_XDP poll-mode engine (`vipr_poll::afxdp`, one worker busy-polling the
+//!   router's veths in copy mode), with the tables the XDP program gets,
 //! - kube-proxy's iptables rule set and its nftables rule set (kube_proxy.rs), at 1, 1k
 //!   and 10k Services, traffic aimed at the first Service and at the last.
 //!
@@ -28,6 +30,9 @@ use vipr_dataplane::tables::{BackendSpec, Compiler, DesiredState, VipSpec};
 use vipr_fixtures::frame::Pkt;
 use vipr_xdp::bench::BenchPrograms;
 use vipr_xdp::{AttachMode, Limits, Programmer, Xdp};
+
+#[cfg(feature = "dpdk")]
+mod dpdk;
 
 /// The port the benchmark Services send to; the sinks drop only what goes there.
 const SINK_PORT: u16 = vipr_abi::bench::SINK_PORT;
@@ -67,6 +72,9 @@ pub struct Sample {
     pub p99_us: f64,
     /// Time to load the peer's tables for this many Services.
     pub load_ms: f64,
+    /// Poll-mode peers: CPU time of the worker threads (user + system, from
+    /// /proc/self/task) per million delivered packets, in ms; 0 for the others.
+    pub worker_cpu_ms_per_mpkt: f64,
 }
 
 /// Runs `f` with this thread in network namespace `name`, then returns to the original.
@@ -354,7 +362,7 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
     let requests = if opts.smoke { 5 } else { 200 };
     let mut bed = Bed::new()?;
     bed.ports = port_table(opts.flows, opts.zipf);
-    let total = 1 + opts.sizes.len() * 3;
+    let total = 1 + opts.sizes.len() * (4 + cfg!(feature = "dpdk") as usize);
     let mut done = 0;
     let mut progress = |what: &str| {
         done += 1;
@@ -434,6 +442,16 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
             )?);
         }
         drop(xdp);
+
+        progress(&format!("vipr AF_XDP, {n} Services"));
+        samples.extend(afxdp_samples(&mut bed, opts, count, requests, n, &tables, [first, last])?);
+
+        #[cfg(feature = "dpdk")]
+        {
+            progress(&format!("vipr DPDK, {n} Services"));
+            let targets = [("first", first), ("last", last)];
+            samples.extend(dpdk::samples(&mut bed, opts, count, requests, n, &svcs, targets)?);
+        }
 
         // kube-proxy's rule sets are generated for IPv4 only.
         let peers = if opts.ipv6 {
@@ -530,7 +548,72 @@ fn rate_sample(
         p50_us: 0.0,
         p99_us: 0.0,
         load_ms,
+        worker_cpu_ms_per_mpkt: 0.0,
     })
+}
+
+/// The AF_XDP engine on the router's veths with `tables`: rate and latency at the first
+/// and the last Service, and the worker's CPU per million packets.
+#[allow(clippy::too_many_arguments)]
+fn afxdp_samples(
+    bed: &mut Bed,
+    opts: &Opts,
+    count: u32,
+    requests: usize,
+    n: usize,
+    tables: &vipr_dataplane::tables::Tables,
+    targets: [(IpAddr, u16); 2],
+) -> Result<Vec<Sample>> {
+    use vipr_poll::afxdp::{self, AfxdpConfig, AfxdpInterface};
+    let shared = vipr_dataplane::pipeline::SharedTables::new(tables.clone());
+    // A poll-mode worker owns a core: the last one; the generator (this thread, and the
+    // XDP work it triggers) is left to the scheduler, which keeps it off the busy core.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let worker_core = (cpus > 1).then_some(cpus - 1);
+    let interfaces = bed
+        .tb
+        .lb_interfaces()
+        .into_iter()
+        .map(|name| AfxdpInterface {
+            name,
+            attach: AttachMode::Native,
+            queues: vec![0],
+            cores: worker_core.into_iter().collect(),
+        })
+        .collect();
+    let mut config = AfxdpConfig::new(interfaces);
+    config.engine.conntrack_capacity = 1 << 18;
+    let lb = bed.tb.lb_ns();
+    let engine = in_netns(&lb, || afxdp::start(config, &shared))?;
+    // The resolver learns the backends' (static) neighbours in its first rounds.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut out = Vec::new();
+    for (target, (vip, port)) in [("first", targets[0]), ("last", targets[1])] {
+        let cpu0: u64 = engine.worker_tids().iter().map(|&t| thread_cpu_ns(t)).sum();
+        let template = bed.template(vip, port, opts)?;
+        let mut x = rate_sample(bed, opts, count, "vipr AF_XDP", n, target, &template, 0.0)?;
+        let cpu: u64 = engine.worker_tids().iter().map(|&t| thread_cpu_ns(t)).sum::<u64>() - cpu0;
+        x.worker_cpu_ms_per_mpkt = cpu as f64 / 1e6 / (x.delivered.max(1) as f64 / 1e6);
+        (x.p50_us, x.p99_us) = bed.latency(requests, opts.ipv6)?;
+        out.push(x);
+    }
+    let report = engine.stop()?;
+    if report.leaked() != 0 {
+        bail!("the AF_XDP engine leaked frames: {:?}", report.outstanding);
+    }
+    Ok(out)
+}
+
+/// User + system CPU time of one thread of this process (/proc/self/task/TID/stat,
+/// fields 14 and 15, in USER_HZ = 100 ticks).
+fn thread_cpu_ns(tid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields count from after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")" comes field 3 (state): utime and stime, fields 14 and 15, sit at 11 and 12.
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) * 10_000_000
 }
 
 fn restore(tb: &Testbed, ns: &str, cmd: &[&str], input: &str) -> Result<()> {
@@ -602,6 +685,31 @@ fn report(opts: &Opts, machine: &str, count: u32, samples: &[Sample]) -> String 
         samples.iter().find(|x| x.peer == "bare XDP redirect").map(|x| x.mpps).unwrap_or(0.0);
     let _ = writeln!(s, "\nRatios (same run, traffic at the last Service):\n");
     for &n in &opts.sizes {
+        let af = samples
+            .iter()
+            .find(|x| x.peer == "vipr AF_XDP" && x.services == n && x.target == "last");
+        if let (Some(v), Some(a)) = (rate("vipr XDP", n, "last"), af) {
+            let _ = writeln!(
+                s,
+                "- {n} Services: vipr AF_XDP (copy mode, one busy-polling worker) {:.2}x vipr XDP; its worker used {:.0} ms of CPU per million packets",
+                a.mpps / v.max(1e-9),
+                a.worker_cpu_ms_per_mpkt
+            );
+        }
+    }
+    for &n in &opts.sizes {
+        let dpdk =
+            samples.iter().find(|x| x.peer == "vipr DPDK" && x.services == n && x.target == "last");
+        if let (Some(v), Some(d)) = (rate("vipr XDP", n, "last"), dpdk) {
+            let _ = writeln!(
+                s,
+                "- {n} Services: vipr DPDK (net_af_packet ports, --no-huge, one worker) {:.2}x vipr XDP; its worker used {:.0} ms of CPU per million packets",
+                d.mpps / v.max(1e-9),
+                d.worker_cpu_ms_per_mpkt
+            );
+        }
+    }
+    for &n in &opts.sizes {
         if let (Some(v), Some(i), Some(nf)) = (
             rate("vipr XDP", n, "last"),
             rate("kube-proxy iptables", n, "last"),
@@ -659,8 +767,8 @@ fn svg_frame(
 pub fn plot(samples: &[Sample], sizes: &[usize]) -> String {
     use std::fmt::Write as _;
     let (w, h, left, bottom) = (640.0, 360.0, 60.0, 40.0);
-    let peers = ["vipr XDP", "kube-proxy nftables", "kube-proxy iptables"];
-    let colors = ["#1b9e77", "#7570b3", "#d95f02"];
+    let peers = ["vipr XDP", "vipr AF_XDP", "kube-proxy nftables", "kube-proxy iptables"];
+    let colors = ["#1b9e77", "#66a61e", "#7570b3", "#d95f02"];
     let max = samples.iter().map(|x| x.mpps).fold(0.0f64, f64::max).max(0.001) * 1.1;
     let x_of = |i: usize| left + (w - left - 20.0) * (i as f64 + 0.5) / sizes.len() as f64;
     let y_of = |v: f64| h - bottom - (h - bottom - 20.0) * v / max;

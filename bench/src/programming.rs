@@ -26,10 +26,12 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vipr_dataplane::tables::{Compiler, DesiredState, Tables};
+use vipr_k8s::k8s_openapi::api::core::v1::{Node, Service};
 use vipr_k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
-use vipr_k8s::{fixtures, translate, Inputs, Options};
+use vipr_k8s::{fixtures, translate, Inputs, Options, Translator};
 use vipr_xdp::{Limits, Programmer, Xdp};
 
 const ENDPOINTS: usize = 10;
@@ -144,12 +146,18 @@ impl Cold {
     }
 }
 
+/// Services, EndpointSlices and Nodes as a reflector's stores hand them out.
+type Objects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Node>>);
+
 /// `n` Services programmed both ways, ready for changes.
 struct World {
     n: usize,
     inputs: Inputs,
     kp: Vec<kube_proxy::Service>,
     state: DesiredState,
+    /// The objects as a reflector's stores hold them, for the incremental translator.
+    objects: Objects,
+    translator: Translator,
     xdp: Xdp,
     compiler: Compiler,
     programmer: Programmer,
@@ -223,7 +231,16 @@ impl World {
             restore_rss,
             iptables,
         };
-        Ok((World { n, inputs, kp, state, xdp, compiler, programmer, netns }, cold))
+        let objects = (
+            inputs.services.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+            inputs.endpoint_slices.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+            inputs.nodes.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+        );
+        let mut translator = Translator::new(opts);
+        translator.translate(&objects.0, &objects.1, &objects.2);
+        let world =
+            World { n, inputs, kp, state, objects, translator, xdp, compiler, programmer, netns };
+        Ok((world, cold))
     }
 }
 
@@ -278,13 +295,6 @@ fn one_change(
     let n = w.n;
     let opts = Options::default();
     let pool = endpoint_pool();
-    // Where each Service's VIP sits in the desired state (VIPs are sorted by address).
-    let index: std::collections::HashMap<(IpAddr, u16), usize> =
-        w.state.vips.iter().enumerate().map(|(at, v)| ((v.addr, v.port), at)).collect();
-    let pos: Vec<usize> =
-        w.kp.iter()
-            .map(|s| index.get(&(s.vip, s.port)).copied().context("a Service without its VIP"))
-            .collect::<Result<_>>()?;
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
     let mut change = Change {
@@ -307,16 +317,19 @@ fn one_change(
 
     for _ in 0..events {
         let k = rng.below(n);
+        // The agent's path: the reflector replaced one slice; the translator redoes its
+        // Service alone; compile and program take the whole desired state.
         let event = Instant::now();
-        move_endpoint(&mut w.inputs.endpoint_slices[k], &pool, &mut rng);
-        let one = Inputs {
-            services: vec![w.inputs.services[k].clone()],
-            endpoint_slices: vec![w.inputs.endpoint_slices[k].clone()],
-            nodes: Vec::new(),
-        };
-        let t = translate(&one, &opts);
-        ensure!(t.vips.len() == 1, "Service {k} translates to {} VIPs", t.vips.len());
-        w.state.vips[pos[k]] = t.into_vip_specs().pop().expect("one VIP");
+        let mut slice = (*w.objects.1[k]).clone();
+        move_endpoint(&mut slice, &pool, &mut rng);
+        w.objects.1[k] = Arc::new(slice);
+        let t = w.translator.translate(&w.objects.0, &w.objects.1, &w.objects.2);
+        ensure!(
+            w.translator.retranslated == 1,
+            "{} Services translated again",
+            w.translator.retranslated
+        );
+        w.state = DesiredState { vips: t.into_vip_specs(), ..Default::default() };
         let translated = Instant::now();
         let tables = w.compiler.compile(&w.state)?;
         let compiled = Instant::now();
@@ -327,6 +340,7 @@ fn one_change(
         change.stages[1].record(ns(compiled - translated))?;
         change.stages[2].record(ns(done - compiled))?;
         check(&tables, &w.compiler, report)?;
+        w.inputs.endpoint_slices[k] = (*w.objects.1[k]).clone();
     }
 
     for _ in 0..full_events {
@@ -564,9 +578,11 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         s,
         "An event: one endpoint of one Service's EndpointSlice moves to another address; timed \
          until `program` has written it (asserted: one ring built and written, nothing else). \
-         Incremental: the changed Service is translated alone and replaces its VIP in the desired \
-         state; compile and program take the whole desired state and write what differs. \
-         Full: every object is translated again (what the live source does per batch today). \
+         Incremental, the agent's path: the objects are held as a reflector's stores hold them \
+         (`Arc`s); the changed slice is replaced; `Translator` translates again only the Service \
+         whose objects changed (asserted) and gives the whole translation; compile reuses every \
+         unchanged VIP's compiled form; program diffs and rewrites the one ring in place (no \
+         RCU grace period). Full: every object is translated again from scratch. \
          Baseline: kube-proxy's partial sync, `iptables-restore --noflush` of the changed \
          Service's KUBE-SVC and KUBE-SEP chains into the namespace holding the whole rule set. \
          Events: {} incremental, {} full, {} iptables per size.\n",

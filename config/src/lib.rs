@@ -50,7 +50,7 @@ use std::path::Path;
 pub use diag::{Diagnostic, Diagnostics};
 pub use model::{
     AttachMode, Backend, BackendState, Config, ConntrackConfig, DataplaneKind, DpdkConfig,
-    Interface, Mode, Pool, Protocol, SnatConfig, Vip,
+    Interface, KubernetesConfig, KubernetesMode, Mode, Pool, Protocol, SnatConfig, Vip,
 };
 
 /// Reads and validates the config file at `path`. A file that cannot be read

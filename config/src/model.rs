@@ -29,6 +29,8 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     pub pools: Vec<Pool>,
     pub vips: Vec<Vip>,
+    /// Where to watch Services, EndpointSlices and Nodes; `None`: no cluster.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 impl Default for Config {
@@ -42,8 +44,55 @@ impl Default for Config {
             conntrack: ConntrackConfig::default(),
             pools: Vec::new(),
             vips: Vec::new(),
+            kubernetes: None,
         }
     }
+}
+
+/// The live Kubernetes source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesConfig {
+    pub mode: KubernetesMode,
+    /// daemonset: the node vipr runs on. `None`: read `$NODE_NAME` (the downward API)
+    /// when the agent starts.
+    pub node_name: Option<String>,
+    /// edge: backends are the pods themselves instead of the nodes' NodePorts.
+    pub pod_routable: bool,
+    pub load_balancer_class: String,
+    /// Also serve LoadBalancer Services that name no class.
+    pub default_class: bool,
+    /// `None`: the in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+    pub api_server: Option<String>,
+    /// The bearer token for `api_server`.
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM certificates that sign `api_server`'s certificate; `None`: the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub lease_namespace: String,
+}
+
+pub(crate) const DEFAULT_LB_CLASS: &str = "vipr.dev/lb";
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            mode: KubernetesMode::Daemonset,
+            node_name: None,
+            pod_routable: false,
+            load_balancer_class: DEFAULT_LB_CLASS.into(),
+            default_class: true,
+            api_server: None,
+            token_file: None,
+            ca_file: None,
+            lease_namespace: "kube-system".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    Daemonset,
+    Edge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -18,8 +18,31 @@ use crate::duration::MAX_SECS;
 use crate::model::*;
 use crate::yaml::{Node, Pos, Value};
 
-const TOP_KEYS: &[&str] =
-    &["instance", "dataplane", "interfaces", "dpdk", "snat", "conntrack", "pools", "vips"];
+const TOP_KEYS: &[&str] = &[
+    "instance",
+    "dataplane",
+    "interfaces",
+    "dpdk",
+    "snat",
+    "conntrack",
+    "pools",
+    "vips",
+    "kubernetes",
+];
+const KUBERNETES_KEYS: &[&str] = &[
+    "mode",
+    "node_name",
+    "pod_routable",
+    "load_balancer_class",
+    "default_class",
+    "api_server",
+    "token_file",
+    "ca_file",
+    "lease_namespace",
+];
+const KUBERNETES_MODES: &[(&str, KubernetesMode)] =
+    &[("daemonset", KubernetesMode::Daemonset), ("edge", KubernetesMode::Edge)];
+const BOOLS: &[(&str, bool)] = &[("true", true), ("false", false)];
 const INTERFACE_KEYS: &[&str] = &["name", "attach", "queues", "cores"];
 const DPDK_KEYS: &[&str] = &["eal_args", "ports", "mbufs"];
 const SNAT_KEYS: &[&str] = &["addresses", "ports"];
@@ -85,6 +108,7 @@ pub(crate) fn config(d: &mut Decoder, root: &Node) -> Config {
     let pools = top.field(d, "pools", pools);
     let snat_addresses = snat_known.then_some(snat.addresses.as_slice());
     let vips = top.field(d, "vips", |d, n| vips(d, n, snat_addresses));
+    let kubernetes = top.field(d, "kubernetes", kubernetes);
     Config {
         instance: instance.unwrap_or(defaults.instance),
         dataplane,
@@ -94,7 +118,85 @@ pub(crate) fn config(d: &mut Decoder, root: &Node) -> Config {
         conntrack,
         pools: pools.unwrap_or_default(),
         vips: vips.unwrap_or_default(),
+        kubernetes,
     }
+}
+
+fn kubernetes(d: &mut Decoder, n: &Node) -> Option<KubernetesConfig> {
+    let m = d.map(n, "kubernetes", KUBERNETES_KEYS)?;
+    let defaults = KubernetesConfig::default();
+    let mode = m.required(d, "mode", |d, n| d.choice(n, "kubernetes mode", KUBERNETES_MODES));
+    let node_name = m.field(d, "node_name", |d, n| dns_name(d, n, "node_name"));
+    let pod_routable = m.field(d, "pod_routable", |d, n| d.choice(n, "pod_routable", BOOLS));
+    let class = m.field(d, "load_balancer_class", |d, n| {
+        owned(d.string(n, "load_balancer_class")).filter(|c| {
+            // Kubernetes requires a label-style name: "example.com/name" or "name".
+            let ok = !c.is_empty() && c.len() <= 316 && !c.contains(char::is_whitespace);
+            if !ok {
+                d.error(n.pos, format!("load_balancer_class \"{c}\" is not a valid class name; write it like vipr.dev/lb"));
+            }
+            ok
+        })
+    });
+    let default_class = m.field(d, "default_class", |d, n| d.choice(n, "default_class", BOOLS));
+    let api_server = m.field(d, "api_server", |d, n| {
+        owned(d.string(n, "api_server")).filter(|u| {
+            let ok = u.starts_with("https://") || u.starts_with("http://");
+            if !ok {
+                d.error(
+                    n.pos,
+                    format!("api_server \"{u}\" is not a URL; write it like https://10.0.0.1:6443"),
+                );
+            }
+            ok
+        })
+    });
+    let token_file = m.field(d, "token_file", |d, n| owned(d.string(n, "token_file")));
+    let ca_file = m.field(d, "ca_file", |d, n| owned(d.string(n, "ca_file")));
+    for key in ["token_file", "ca_file"] {
+        if let (Some(pos), None) = (m.key_pos(key), m.get("api_server")) {
+            let message = format!("{key} needs api_server: the in-cluster and kubeconfig clients bring their own credentials");
+            d.error(pos, message);
+        }
+    }
+    let lease_namespace = m.field(d, "lease_namespace", |d, n| dns_name(d, n, "lease_namespace"));
+    if let (Some(KubernetesMode::Daemonset), Some(pos)) = (mode, m.key_pos("pod_routable")) {
+        d.error(pos, "pod_routable applies to `mode: edge` only");
+    }
+    if let (Some(KubernetesMode::Edge), Some(pos)) = (mode, m.key_pos("node_name")) {
+        d.error(pos, "node_name applies to `mode: daemonset` only");
+    }
+    Some(KubernetesConfig {
+        mode: mode?,
+        node_name,
+        pod_routable: pod_routable.unwrap_or(defaults.pod_routable),
+        load_balancer_class: class.unwrap_or(defaults.load_balancer_class),
+        default_class: default_class.unwrap_or(defaults.default_class),
+        api_server,
+        token_file: token_file.map(Into::into),
+        ca_file: ca_file.map(Into::into),
+        lease_namespace: lease_namespace.unwrap_or(defaults.lease_namespace),
+    })
+}
+
+/// A DNS-1123 subdomain, as Kubernetes wants for node and namespace names.
+fn dns_name(d: &mut Decoder, n: &Node, what: &str) -> Option<String> {
+    let text = d.string(n, what)?;
+    let ok = (1..=253).contains(&text.len())
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !ok {
+        let message = format!(
+            "{what} \"{text}\" is not a valid Kubernetes name; allowed: lowercase a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
+        );
+        d.error(n.pos, message);
+        return None;
+    }
+    Some(text.to_owned())
 }
 
 fn instance(d: &mut Decoder, n: &Node) -> Option<String> {

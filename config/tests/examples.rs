@@ -77,6 +77,12 @@ fn the_full_example_sets_every_key() {
     assert_eq!(config.conntrack, ConntrackConfig::default());
     assert_eq!(config.pools.len(), 2);
     assert_eq!(config.pools[0].ranges, [(ip("203.0.113.100"), ip("203.0.113.120"))]);
+    let k8s = config.kubernetes.as_ref().unwrap();
+    assert_eq!(k8s.mode, vipr_config::KubernetesMode::Daemonset);
+    assert_eq!(k8s.node_name.as_deref(), Some("node-a"));
+    assert_eq!(k8s.api_server.as_deref(), Some("https://127.0.0.1:6443"));
+    assert_eq!(k8s.token_file.as_deref(), Some(std::path::Path::new("/etc/vipr/token")));
+    assert_eq!((k8s.load_balancer_class.as_str(), k8s.default_class), ("vipr.dev/lb", true));
 
     let web = &config.vips[0];
     assert_eq!(web.affinity_timeout, Some(Duration::from_secs(3 * 3600)));

@@ -544,3 +544,72 @@ fn diagnostics_display_one_per_line_as_file_line_column_message() {
     assert!(boxed.to_string().contains("tutorial.yaml:3:11"));
     let _: &Diagnostics = &diags;
 }
+
+// ---- kubernetes --------------------------------------------------------
+
+#[test]
+fn a_kubernetes_section_needs_a_mode() {
+    one_error("kubernetes:\n  node_name: node-a\n", "2:3", &["mode"]);
+}
+
+#[test]
+fn an_unknown_kubernetes_mode_suggests_the_right_one() {
+    one_error(
+        "kubernetes:\n  mode: deamonset\n",
+        "2:9",
+        &["unknown kubernetes mode \"deamonset\"", "did you mean \"daemonset\"", "edge"],
+    );
+}
+
+#[test]
+fn pod_routable_belongs_to_edge_mode_and_node_name_to_daemonset_mode() {
+    one_error(
+        "kubernetes:\n  mode: daemonset\n  pod_routable: true\n",
+        "3:3",
+        &["`mode: edge` only"],
+    );
+    one_error(
+        "kubernetes:\n  mode: edge\n  node_name: node-a\n",
+        "3:3",
+        &["`mode: daemonset` only"],
+    );
+}
+
+#[test]
+fn a_token_file_without_an_api_server_is_an_error() {
+    one_error(
+        "kubernetes:\n  mode: edge\n  token_file: /etc/vipr/token\n",
+        "3:3",
+        &["token_file needs api_server"],
+    );
+}
+
+#[test]
+fn kubernetes_names_and_urls_are_checked() {
+    one_error(
+        "kubernetes:\n  mode: daemonset\n  node_name: Node_A\n",
+        "3:14",
+        &["node_name \"Node_A\"", "not a valid Kubernetes name"],
+    );
+    one_error(
+        "kubernetes:\n  mode: edge\n  api_server: 10.0.0.1:6443\n",
+        "3:15",
+        &["api_server \"10.0.0.1:6443\" is not a URL"],
+    );
+    one_error(
+        "kubernetes:\n  mode: edge\n  default_class: yes\n",
+        "3:18",
+        &["default_class", "true, false"],
+    );
+}
+
+#[test]
+fn a_minimal_kubernetes_section_takes_the_defaults() {
+    let config = ok("kubernetes:\n  mode: edge\n");
+    let k8s = config.kubernetes.unwrap();
+    assert_eq!(k8s.mode, vipr_config::KubernetesMode::Edge);
+    assert_eq!(k8s.load_balancer_class, "vipr.dev/lb");
+    assert!(k8s.default_class && !k8s.pod_routable);
+    assert_eq!((k8s.api_server, k8s.node_name), (None, None));
+    assert_eq!(k8s.lease_namespace, "kube-system");
+}

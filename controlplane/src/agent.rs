@@ -6,18 +6,21 @@
 //! tables stay exactly as they were. SIGTERM / SIGINT end the agent and leave the
 //! dataplane running from its pins (like a crash would); `vipr stop` detaches and unpins.
 
-use crate::model;
+use crate::dataplane::{maps_snapshot, Dataplane, XdpDataplane};
+use crate::kubernetes::{self, KubeSource};
+use crate::status::{self, LatencyStatus, Status};
+use crate::{admin, metrics, model};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
-use std::net::IpAddr;
+use hdrhistogram::Histogram;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use vipr_abi::*;
 use vipr_config::{AttachMode, Config, DataplaneKind};
 use vipr_dataplane::maglev::BackendIdentity;
-use vipr_dataplane::tables::{Compiler, Tables};
+use vipr_dataplane::tables::{Compiler, DesiredState, Tables, VipSpec};
 use vipr_xdp::{pin_dir, Limits, Maps, Programmer, Xdp};
 
 /// Where `vipr run` records its process id, so `vipr stop` can end it.
@@ -25,8 +28,9 @@ fn pid_file(instance: &str) -> PathBuf {
     Path::new("/run/vipr").join(format!("{instance}.pid"))
 }
 
-/// Enters the network namespace `name` (as made by `ip netns add`) for this thread, which
-/// must still be the only one. Unlike `ip netns exec` it keeps the mount namespace, so
+/// Enters the network namespace `name` (as made by `ip netns add`) for this thread and
+/// the threads it starts from now on (threads started before stay where they were).
+/// Unlike `ip netns exec` it keeps the mount namespace, so
 /// pins land in the host's bpffs and outlive the namespace's processes.
 pub fn enter_netns(name: &str) -> Result<()> {
     use std::os::fd::AsRawFd;
@@ -74,11 +78,11 @@ pub struct Sources {
 fn manifest_vips(dir: &Path) -> Result<Vec<vipr_dataplane::tables::VipSpec>> {
     let m = vipr_k8s::load_manifests(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &m.warnings {
-        eprintln!("vipr: {}: {w}", dir.display());
+        tracing::warn!("{}: {w}", dir.display());
     }
     let t = vipr_k8s::translate(&m.inputs, &vipr_k8s::Options::default());
     for w in &t.warnings {
-        eprintln!("vipr: {}: {w}", dir.display());
+        tracing::warn!("{}: {w}", dir.display());
     }
     Ok(t.into_vip_specs())
 }
@@ -117,55 +121,203 @@ pub fn limits(cfg: &Config) -> Limits {
     Limits { conntrack_flows: cfg.conntrack.capacity, ..Limits::default() }
 }
 
+/// What `vipr run` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub sources: Sources,
+    pub netns: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served; `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What the admin socket and the metrics endpoint read while the agent's loop programs.
+pub struct Shared {
+    pub instance: String,
+    pub dataplane: Mutex<Box<dyn Dataplane>>,
+    /// Change (watch event, file edit) to programmed, in microseconds.
+    pub latency: Mutex<Histogram<u64>>,
+    /// The same, as Prometheus buckets.
+    pub prom_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Tables programmed from every configured source at least once.
+    pub ready: AtomicBool,
+    pub reconcile_errors: AtomicU64,
+    pub sources: Vec<String>,
+    pub pinned_at: Option<String>,
+    /// LoadBalancer pools: name, usable addresses, addresses in use.
+    pub pools: Mutex<Vec<(String, u128, usize)>>,
+}
+
+impl Shared {
+    pub fn status(&self) -> Result<Status> {
+        let dp = self.dataplane.lock().unwrap();
+        let mut s =
+            status::from_snapshot(&self.instance, dp.kind(), &dp.attach_mode(), &dp.snapshot()?);
+        drop(dp);
+        s.pinned_at = self.pinned_at.clone();
+        s.ready = self.ready.load(Ordering::Relaxed);
+        s.sources = self.sources.clone();
+        s.reconcile_errors = self.reconcile_errors.load(Ordering::Relaxed);
+        let h = self.latency.lock().unwrap();
+        if !h.is_empty() {
+            let ms = |us: u64| us as f64 / 1000.0;
+            s.programming = Some(LatencyStatus {
+                count: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            });
+        }
+        Ok(s)
+    }
+
+    fn record_latency(&self, since: Instant) {
+        let elapsed = since.elapsed();
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self.latency.lock().unwrap().record(us.max(1));
+        self.prom_latency.observe(elapsed.as_secs_f64());
+    }
+}
+
 struct Agent {
     neighbors: crate::neighbors::Neighbors,
     path: PathBuf,
     sources: Sources,
     cfg: Config,
-    xdp: Xdp,
     compiler: Compiler,
-    programmer: Programmer,
+    shared: Arc<Shared>,
+    /// The cluster's VIPs; `None` until the Kubernetes source delivered its first
+    /// translation (or when there is no cluster).
+    cluster_vips: Option<Vec<VipSpec>>,
+    /// The desired state of the config and manifests, as last programmed.
+    base: Option<DesiredState>,
 }
 
 impl Agent {
-    fn program(&mut self, cfg: &Config) -> Result<vipr_xdp::ProgramReport> {
-        let tables =
-            self.compiler.compile(&desired(cfg, &self.sources)?).context("compiling the tables")?;
-        let report = self.programmer.program(&mut self.xdp.maps, &self.xdp.limits, &tables)?;
+    /// Compiles every source and programs the result; an error leaves the dataplane as
+    /// it was and counts as a reconcile error. `base` is the config's and manifests'
+    /// desired state when they were read again; `None` reuses the last one.
+    fn program(
+        &mut self,
+        cfg: &Config,
+        base: Option<DesiredState>,
+    ) -> Result<vipr_xdp::ProgramReport> {
+        let result = self.try_program(cfg, base);
+        if result.is_err() {
+            self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn try_program(
+        &mut self,
+        cfg: &Config,
+        base: Option<DesiredState>,
+    ) -> Result<vipr_xdp::ProgramReport> {
+        let base = match base.or_else(|| self.base.clone()) {
+            Some(b) => b,
+            None => desired(cfg, &self.sources)?,
+        };
+        let mut desired = base.clone();
+        if let Some(vips) = &self.cluster_vips {
+            desired.vips.extend(vips.iter().cloned());
+        }
+        let tables = self.compiler.compile(&desired).context("compiling the tables")?;
+        let report = self.shared.dataplane.lock().unwrap().program(&tables)?;
         let backends =
             tables.backends.iter().filter(|b| b.family != 0).map(|b| ip_of(&b.addr, b.family));
         self.neighbors.sync(backends);
+        self.base = Some(base);
+        let cluster_pending = cfg.kubernetes.is_some() && self.cluster_vips.is_none();
+        self.shared.ready.store(!cluster_pending, Ordering::Relaxed);
         Ok(report)
     }
 
     /// Re-reads the file; on any error the running tables stay as they are.
-    fn reload(&mut self) {
+    fn reload(&mut self, changed_at: Instant) {
         let cfg = match load_config(&self.path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("vipr: reload refused, the running tables are unchanged: {e:#}");
+                self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload refused, the running tables are unchanged: {e:#}");
                 return;
             }
         };
         if cfg.instance != self.cfg.instance
+            || cfg.dataplane != self.cfg.dataplane
             || cfg.interfaces != self.cfg.interfaces
-            || limits(&cfg) != self.xdp.limits
+            || cfg.dpdk != self.cfg.dpdk
+            || cfg.kubernetes != self.cfg.kubernetes
+            || limits(&cfg) != limits(&self.cfg)
         {
-            eprintln!(
-                "vipr: reload refused: instance, interfaces and conntrack capacity take effect \
-                 at the next `vipr run`; the running tables are unchanged"
+            self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "reload refused: instance, dataplane, interfaces, dpdk, kubernetes and conntrack \
+                 capacity take effect at the next `vipr run`; the running tables are unchanged"
             );
             return;
         }
-        match self.program(&cfg) {
+        // The file and every manifest are read again: one of them changed.
+        let base = match desired(&cfg, &self.sources) {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload refused, the running tables are unchanged: {e:#}");
+                return;
+            }
+        };
+        match self.program(&cfg, Some(base)) {
             Ok(r) => {
-                eprintln!(
-                    "vipr: reloaded: {} VIPs written, {} removed, {} rings, {} backends",
-                    r.vips_written, r.vips_removed, r.rings_written, r.backends_written
+                self.shared.record_latency(changed_at);
+                tracing::info!(
+                    vips_written = r.vips_written,
+                    vips_removed = r.vips_removed,
+                    rings = r.rings_written,
+                    backends = r.backends_written,
+                    "reloaded"
                 );
                 self.cfg = cfg;
             }
-            Err(e) => eprintln!("vipr: reload failed: {e:#}"),
+            Err(e) => tracing::error!("reload failed, the running tables are unchanged: {e:#}"),
+        }
+    }
+
+    /// Programs the cluster's latest translation (a burst is taken as one).
+    fn apply_cluster(&mut self, mut update: kubernetes::Update, source: &KubeSource) {
+        while let Ok(next) = source.updates.try_recv() {
+            let first_event = update.first_event.min(next.first_event);
+            update = kubernetes::Update { first_event, ..next };
+        }
+        for w in &update.warnings {
+            tracing::warn!("kubernetes: {w}");
+        }
+        let previous = self.cluster_vips.replace(update.vips);
+        let cfg = self.cfg.clone();
+        match self.program(&cfg, None) {
+            Ok(r) => {
+                // The initial sync is timed from connecting and listing everything: not
+                // a change, so it stays out of the event-to-programmed histogram.
+                if previous.is_some() {
+                    self.shared.record_latency(update.first_event);
+                }
+                let mut pools = self.shared.pools.lock().unwrap();
+                for (name, _, used) in pools.iter_mut() {
+                    *used = update.pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
+                }
+                tracing::info!(
+                    vips = self.cluster_vips.as_ref().map_or(0, Vec::len),
+                    vips_written = r.vips_written,
+                    vips_removed = r.vips_removed,
+                    rings = r.rings_written,
+                    latency_us = update.first_event.elapsed().as_micros() as u64,
+                    "programmed the cluster's Services"
+                );
+            }
+            Err(e) => {
+                // Keep what the dataplane holds in step with what the next diff assumes.
+                self.cluster_vips = previous;
+                tracing::error!("the cluster's Services could not be programmed: {e:#}");
+            }
         }
     }
 }
@@ -188,10 +340,31 @@ fn adopt_ids(compiler: &mut Compiler, maps: &Maps) {
     compiler.adopt_ids(vips.iter().map(|(k, i)| (*k, i.vip_id)), backends);
 }
 
-pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
-    if let Some(ns) = netns {
-        enter_netns(ns)?;
+/// Loads (or adopts) the XDP dataplane of `cfg`; attaching comes after programming.
+fn load_xdp(cfg: &Config, compiler: &mut Compiler) -> Result<(XdpDataplane, PathBuf, bool)> {
+    ensure_bpffs()?;
+    let dir = pin_dir(&cfg.instance);
+    let adopting = dir.join(vipr_abi::maps::VIPS).exists();
+    let xdp = Xdp::load(limits(cfg), Some(&dir))?;
+    if adopting {
+        adopt_ids(compiler, &xdp.maps);
     }
+    let modes: Vec<&str> = cfg
+        .interfaces
+        .iter()
+        .map(|i| match i.attach {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+        .collect();
+    let mut modes_text = modes.clone();
+    modes_text.dedup();
+    let dp = XdpDataplane { xdp, programmer: Programmer::new(), attach_mode: modes_text.join("+") };
+    Ok((dp, dir, adopting))
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    let path = opts.config.as_path();
     let cfg = load_config(path)?;
     if cfg.dataplane != DataplaneKind::Xdp {
         bail!(
@@ -213,44 +386,73 @@ pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
             bail!("instance {:?} is already served by process {pid}; `vipr stop --instance {}` ends it", cfg.instance, cfg.instance);
         }
     }
-    ensure_bpffs()?;
-    let dir = pin_dir(&cfg.instance);
-    let adopting = dir.join(vipr_abi::maps::VIPS).exists();
-    let xdp = Xdp::load(limits(&cfg), Some(&dir))?;
-    let mut compiler = Compiler::default();
-    if adopting {
-        adopt_ids(&mut compiler, &xdp.maps);
+    // The API client stays in the caller's network namespace (where the API server is
+    // reachable); the dataplane and the metrics listener live in `--netns`.
+    let kube = match &cfg.kubernetes {
+        Some(k) => Some(kubernetes::start(k, &cfg.instance, cfg.pools.clone())?),
+        None => None,
+    };
+    if let Some(ns) = &opts.netns {
+        enter_netns(ns)?;
     }
+    // Listeners first: a taken port fails the start before anything is attached.
+    let metrics_listener = match opts.metrics_addr {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?,
+        ),
+        None => None,
+    };
+
+    let mut compiler = Compiler::default();
+    let (dp, dir, adopting) = load_xdp(&cfg, &mut compiler)?;
+    let mut sources = vec![format!("config {}", path.display())];
+    if let Some(m) = &opts.sources.manifests {
+        sources.push(format!("manifests {}", m.display()));
+    }
+    if let Some(k) = &cfg.kubernetes {
+        let server = k.api_server.as_deref().unwrap_or("in-cluster / kubeconfig");
+        sources.push(format!("kubernetes {server} ({:?} mode)", k.mode).to_lowercase());
+    }
+    let shared = Arc::new(Shared {
+        instance: cfg.instance.clone(),
+        dataplane: Mutex::new(Box::new(dp)),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
+        prom_latency: metrics::latency_histogram(),
+        ready: AtomicBool::new(false),
+        reconcile_errors: AtomicU64::new(0),
+        sources,
+        pinned_at: Some(dir.display().to_string()),
+        pools: Mutex::new(cfg.pools.iter().map(|p| (p.name.clone(), pool_size(p), 0)).collect()),
+    });
     let mut agent = Agent {
         neighbors: Default::default(),
         path: path.to_path_buf(),
-        sources,
+        sources: opts.sources.clone(),
         cfg: cfg.clone(),
-        xdp,
         compiler,
-        programmer: Programmer::new(),
+        shared: shared.clone(),
+        cluster_vips: None,
+        base: None,
     };
-    let report = agent.program(&cfg)?;
-    for iface in &cfg.interfaces {
-        let mode = match iface.attach {
-            AttachMode::Native => vipr_xdp::AttachMode::Native,
-            AttachMode::Generic => vipr_xdp::AttachMode::Generic,
-        };
-        agent.xdp.attach(&iface.name, mode)?;
+    let report = agent.program(&cfg, None)?;
+    shared.dataplane.lock().unwrap().start(&cfg)?;
+    let _admin = admin::serve(shared.clone())?;
+    if let Some(listener) = metrics_listener {
+        metrics::serve(listener, shared.clone())?;
     }
     let pid = pid_file(&cfg.instance);
     std::fs::create_dir_all(pid.parent().unwrap()).ok();
     std::fs::write(&pid, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid.display()))?;
     let names: Vec<&str> = cfg.interfaces.iter().map(|i| i.name.as_str()).collect();
-    eprintln!(
-        "vipr: instance {} {} {} VIPs ({} rings written) on {}; pinned at {}",
-        cfg.instance,
-        if adopting { "adopted its pinned dataplane and programs" } else { "serves" },
-        agent.programmer.programmed().map_or(0, |t| t.vips.len()),
-        report.rings_written,
-        names.join(", "),
-        dir.display()
+    tracing::info!(
+        instance = %cfg.instance,
+        rings = report.rings_written,
+        interfaces = %names.join(","),
+        pinned_at = %dir.display(),
+        "{}",
+        if adopting { "adopted the pinned dataplane and serves" } else { "serves" }
     );
 
     let term = Arc::new(AtomicBool::new(false));
@@ -260,20 +462,45 @@ pub fn run(path: &Path, sources: Sources, netns: Option<&str>) -> Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
     let mut seen = fingerprint(path, &agent.sources);
+    const TICK: Duration = Duration::from_millis(200);
     while !term.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
+        match &kube {
+            Some(k) => match k.updates.recv_timeout(TICK) {
+                Ok(update) => agent.apply_cluster(update, k),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the Kubernetes source stopped")
+                }
+            },
+            None => std::thread::sleep(TICK),
+        }
         let now = fingerprint(path, &agent.sources);
         if hup.swap(false, Ordering::Relaxed) || now != seen {
             seen = now;
-            agent.reload();
+            agent.reload(Instant::now());
         }
     }
     let _ = std::fs::remove_file(&pid);
-    eprintln!(
-        "vipr: agent exits; the dataplane keeps running from {} (`vipr stop` removes it)",
+    tracing::info!(
+        "agent exits; the dataplane keeps running from {} (`vipr stop` removes it)",
         dir.display()
     );
     Ok(())
+}
+
+/// How many addresses a pool hands out.
+fn pool_size(p: &vipr_config::Pool) -> u128 {
+    let v4 = |net: &ipnet::IpNet| match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() < 31 => (1u128 << (32 - n.prefix_len())) - 2,
+        ipnet::IpNet::V4(n) => 1u128 << (32 - n.prefix_len()),
+        ipnet::IpNet::V6(n) => 1u128.checked_shl(128 - n.prefix_len() as u32).unwrap_or(u128::MAX),
+    };
+    let ranges = p.ranges.iter().map(|(a, b)| match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(*b) - u32::from(*a)) as u128 + 1,
+        (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(*b) - u128::from(*a) + 1,
+        _ => 0,
+    });
+    p.cidrs.iter().map(v4).chain(ranges).fold(0u128, u128::saturating_add)
 }
 
 /// Ends the agent of `instance` if it runs, and detaches and unpins its dataplane.
@@ -297,54 +524,13 @@ pub fn stop(instance: &str) -> Result<()> {
         bail!("instance {instance:?} is not running (nothing pinned at {})", dir.display());
     }
     vipr_xdp::detach_pinned(&dir)?;
-    eprintln!("vipr: instance {instance} detached and unpinned ({})", dir.display());
+    tracing::info!("instance {instance} detached and unpinned ({})", dir.display());
     Ok(())
 }
 
-#[derive(Serialize)]
-pub struct Status {
-    pub instance: String,
-    pub pinned_at: String,
-    pub vips: Vec<VipStatus>,
-    pub verdicts: Vec<(String, u64)>,
-    pub drops: Vec<(String, u64)>,
-    pub conntrack: ConntrackStatus,
-}
-
-#[derive(Serialize)]
-pub struct VipStatus {
-    pub vip: String,
-    pub protocol: &'static str,
-    pub mode: &'static str,
-    pub ring_size: u32,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(Serialize)]
-pub struct BackendStatus {
-    pub backend: String,
-    pub state: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
-
-#[derive(Serialize)]
-pub struct ConntrackStatus {
-    pub flows: usize,
-    pub entries: usize,
-    pub capacity_entries: u32,
-}
-
-fn endpoint(ip: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(ip, port).to_string()
-}
-
-/// Everything `vipr status` shows, read from the pinned maps of `instance`.
-pub fn status(instance: &str) -> Result<Status> {
+/// `vipr status --offline`: what the pinned maps of `instance` hold, without asking
+/// its agent (which may be dead: the dataplane keeps forwarding).
+pub fn offline_status(instance: &str) -> Result<Status> {
     let dir = pin_dir(instance);
     if !dir.join(vipr_abi::maps::VIPS).exists() {
         bail!(
@@ -353,98 +539,9 @@ pub fn status(instance: &str) -> Result<Status> {
         );
     }
     let maps = Maps::from_pins(&dir)?;
-    let counters = maps.counters()?;
-    let backends: Vec<(u32, BackendInfo)> = maps
-        .backends
-        .iter()
-        .enumerate()
-        .filter_map(|(id, b)| b.ok().filter(|b| b.family != 0).map(|b| (id as u32, b)))
-        .collect();
-    let mut vips: Vec<(VipKey, VipInfo)> = maps.vips.iter().filter_map(|r| r.ok()).collect();
-    vips.sort_by_key(|(k, _)| (k.family, k.addr, u16::from_be(k.port), k.proto));
-    let vips = vips
-        .into_iter()
-        .map(|(key, info)| {
-            let ring_size = maps.ring_size(info.vip_id).unwrap_or(0);
-            let stats = counters.vip(info.vip_id);
-            VipStatus {
-                vip: endpoint(ip_of(&key.addr, key.family), u16::from_be(key.port)),
-                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" },
-                mode: if info.flags & VIP_F_SNAT != 0 { "snat" } else { "dnat" },
-                ring_size,
-                packets: stats.packets,
-                bytes: stats.bytes,
-                new_flows: stats.new_flows,
-                backends: backends
-                    .iter()
-                    .filter(|(_, b)| b.vip_id == info.vip_id)
-                    .map(|(id, b)| {
-                        let s = counters.backend(*id);
-                        BackendStatus {
-                            backend: endpoint(ip_of(&b.addr, b.family), u16::from_be(b.port)),
-                            state: if b.flags & BACKEND_F_DRAINING != 0 {
-                                "draining"
-                            } else {
-                                "active"
-                            },
-                            packets: s.packets,
-                            bytes: s.bytes,
-                            new_flows: s.new_flows,
-                        }
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    let ct = maps.conntrack_summary();
-    Ok(Status {
-        instance: instance.to_string(),
-        pinned_at: dir.display().to_string(),
-        vips,
-        verdicts: VERDICT_NAMES
-            .iter()
-            .zip(counters.verdicts)
-            .map(|(n, v)| (n.to_string(), v))
-            .collect(),
-        drops: drop::NAMES.iter().zip(counters.drops).map(|(n, v)| (n.to_string(), v)).collect(),
-        conntrack: ConntrackStatus {
-            flows: ct.flows,
-            entries: ct.entries,
-            capacity_entries: ct.capacity,
-        },
-    })
-}
-
-pub fn print_status(s: &Status) {
-    println!("instance {} (pinned at {})", s.instance, s.pinned_at);
-    println!();
-    println!(
-        "{:<40} {:<5} {:<5} {:>7} {:>12} {:>14} {:>10}",
-        "VIP / BACKEND", "PROTO", "MODE", "RING", "PACKETS", "BYTES", "NEW FLOWS"
-    );
-    for v in &s.vips {
-        println!(
-            "{:<40} {:<5} {:<5} {:>7} {:>12} {:>14} {:>10}",
-            v.vip, v.protocol, v.mode, v.ring_size, v.packets, v.bytes, v.new_flows
-        );
-        for b in &v.backends {
-            println!(
-                "  {:<38} {:<11} {:>7} {:>12} {:>14} {:>10}",
-                b.backend, b.state, "", b.packets, b.bytes, b.new_flows
-            );
-        }
-    }
-    println!();
-    let show = |pairs: &[(String, u64)]| {
-        pairs.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
-    };
-    println!("verdicts   {}", show(&s.verdicts));
-    let drops: Vec<(String, u64)> = s.drops.iter().filter(|(_, v)| *v > 0).cloned().collect();
-    println!("drops      {}", if drops.is_empty() { "none".to_string() } else { show(&drops) });
-    println!(
-        "conntrack  {} flows ({} entries of {})",
-        s.conntrack.flows, s.conntrack.entries, s.conntrack.capacity_entries
-    );
+    let mut s = status::from_snapshot(instance, "xdp", "pinned", &maps_snapshot(&maps)?);
+    s.pinned_at = Some(dir.display().to_string());
+    Ok(s)
 }
 
 /// Compiles a config as `vipr run` would, without touching the kernel (for tests).

@@ -6,6 +6,8 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vipr::admin::{self, Request};
+use vipr::status::{self, FlowStatus, Status, VipStatus};
 use vipr::{agent, demo, probe, simulate};
 
 const EXAMPLES: &str = "\
@@ -15,21 +17,39 @@ Examples:
   sudo vipr run --config config/examples/tutorial.yaml
       Attach to the config's interfaces and serve its VIPs; SIGHUP or editing the file reloads.
   sudo vipr status --instance tutorial
-      VIPs, backends, counters and conntrack occupancy from the pinned maps.
+      VIPs, backends, counters, conntrack occupancy and programming latency, from the agent.
+  sudo vipr conntrack --instance tutorial --vip 192.0.2.10:8088
+      The flows the dataplane tracks, with their backends.
   sudo vipr stop --instance tutorial
       Detach and unpin.
   vipr validate config/examples/tutorial.yaml
       Check a config; every error is printed as file:line:column.
   vipr simulate -c config/examples/tutorial.yaml --flows 1000
       Send 1000 synthetic flows through the packet path and show where they land.
-  vipr trace -c config/examples/tutorial.yaml 198.51.100.7:40000 192.0.2.10:8088 tcp
-      Show which backend one flow gets, and why.";
+  sudo vipr trace --instance tutorial 198.51.100.7:40000 192.0.2.10:8088 tcp
+      Show which backend one flow gets from the running tables, and why (-c FILE: from a config).";
 
 #[derive(Parser)]
 #[command(name = "vipr", version, about = "vipr: an L4 load balancer for Kubernetes Services (XDP / AF_XDP / DPDK)", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines as text or as JSON objects (one per line); RUST_LOG filters them.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +106,9 @@ enum Cmd {
         /// Attach inside this network namespace (from `ip netns add`); pins stay in the host's bpffs.
         #[arg(long)]
         netns: Option<String>,
+        /// Serve /metrics, /healthz and /readyz here; `none` turns it off.
+        #[arg(long, default_value = "0.0.0.0:9645", value_parser = parse_metrics_addr)]
+        metrics_addr: MetricsAddr,
     },
     /// Detach an instance's XDP program and remove its pinned maps (ends its agent first).
     #[command(after_help = "Example:\n  sudo vipr stop --instance tutorial")]
@@ -93,13 +116,53 @@ enum Cmd {
         #[command(flatten)]
         which: InstanceArg,
     },
-    /// Show VIPs, backends, ring sizes, counters and conntrack occupancy of a running instance.
+    /// Show VIPs, backends, ring sizes, counters, conntrack occupancy and programming
+    /// latency of a running instance (asks its agent).
     #[command(after_help = "Example:\n  sudo vipr status --instance tutorial --json")]
     Status {
         #[command(flatten)]
         which: InstanceArg,
         #[arg(long)]
         json: bool,
+        /// Read the pinned maps directly instead of asking the agent (which may be down:
+        /// the XDP dataplane keeps forwarding without it).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List the VIPs of a running instance with their counters.
+    #[command(after_help = "Example:\n  sudo vipr vips --instance tutorial")]
+    Vips {
+        #[command(flatten)]
+        which: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backends of one VIP (ADDRESS:PORT) with their counters.
+    #[command(after_help = "Example:\n  sudo vipr backends --instance tutorial 192.0.2.10:8088")]
+    Backends {
+        #[command(flatten)]
+        which: InstanceArg,
+        vip: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the flows the dataplane tracks, optionally of one VIP.
+    #[command(
+        after_help = "Example:\n  sudo vipr conntrack --instance tutorial --vip 192.0.2.10:8088"
+    )]
+    Conntrack {
+        #[command(flatten)]
+        which: InstanceArg,
+        #[arg(long)]
+        vip: Option<SocketAddr>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  vipr completions bash > /etc/bash_completion.d/vipr")]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
     },
     /// Build the Kubernetes tutorial's Service in network namespaces, put vipr in front of it,
     /// and curl it from a client namespace. Removes everything on exit and on Ctrl-C.
@@ -160,13 +223,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show which backend a new flow gets, and why.
+    /// Show which backend a flow gets, and why: from the running instance's tables and
+    /// conntrack (--instance), or from a config file (-c) without touching anything.
     #[command(
-        after_help = "Example:\n  vipr trace -c config/examples/tutorial.yaml 198.51.100.7:40000 192.0.2.10:8088 tcp"
+        after_help = "Examples:\n  sudo vipr trace --instance tutorial 198.51.100.7:40000 192.0.2.10:8088 tcp\n  vipr trace -c config/examples/tutorial.yaml 198.51.100.7:40000 192.0.2.10:8088 tcp"
     )]
     Trace {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        which: InstanceArg,
         src: SocketAddr,
         dst: SocketAddr,
         #[arg(value_enum, default_value = "tcp")]
@@ -183,6 +247,45 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, Debug)]
+struct MetricsAddr(Option<SocketAddr>);
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "none" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| {
+        format!("{text:?} is not ADDRESS:PORT (such as 0.0.0.0:9645 or 127.0.0.1:9645) or none")
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_json_or<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text(value);
+    }
+    Ok(())
+}
+
+fn ask<T: serde::de::DeserializeOwned>(instance: &str, req: &Request) -> Result<T> {
+    Ok(serde_json::from_value(admin::request(instance, req)?)?)
+}
+
 fn load(path: &std::path::Path) -> Result<vipr_config::Config> {
     match vipr_config::load(path) {
         Ok(c) => Ok(c),
@@ -191,16 +294,23 @@ fn load(path: &std::path::Path) -> Result<vipr_config::Config> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let format = cli.log_format;
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vipr: {e:#}");
+            match format {
+                // One JSON object a line, like every other log line.
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Text => eprintln!("vipr: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    init_logs(cli.log_format);
     match cli.cmd {
         Cmd::Validate { files } => {
             let mut bad = 0;
@@ -225,8 +335,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Trace { config, src, dst, proto, json } => {
-            let t = simulate::trace(&load(&config)?, src, dst, proto.number())?;
+        Cmd::Trace { which, src, dst, proto, json } => {
+            let t: simulate::Trace = match (&which.config, &which.instance) {
+                (Some(config), None) => simulate::trace(&load(config)?, src, dst, proto.number())?,
+                _ => ask(&which.name()?, &Request::Trace { src, dst, proto: proto.number() })?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {
@@ -238,21 +351,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { config, manifests, netns } => {
-            agent::run(&config, agent::Sources { manifests }, netns.as_deref())?;
+        Cmd::Run { config, manifests, netns, metrics_addr } => {
+            agent::run(agent::RunOptions {
+                config,
+                sources: agent::Sources { manifests },
+                netns,
+                metrics_addr: metrics_addr.0,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { which } => {
             agent::stop(&which.name()?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { which, json } => {
-            let s = agent::status(&which.name()?)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                agent::print_status(&s);
+        Cmd::Status { which, json, offline } => {
+            let instance = which.name()?;
+            let s: Status = match offline {
+                true => agent::offline_status(&instance)?,
+                false => ask(&instance, &Request::Status)?,
+            };
+            print_json_or(json, &s, status::print_status)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Vips { which, json } => {
+            let vips: Vec<VipStatus> = ask(&which.name()?, &Request::Vips)?;
+            print_json_or(json, &vips, |v| status::print_vips(v))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backends { which, vip, json } => {
+            let instance = which.name()?;
+            let vips: Vec<VipStatus> = ask(&instance, &Request::Vips)?;
+            let found: Vec<VipStatus> =
+                vips.into_iter().filter(|v| v.vip == vip.to_string()).collect();
+            if found.is_empty() {
+                bail!("instance {instance:?} has no VIP {vip} (`vipr vips` lists them)");
             }
+            print_json_or(json, &found, |v| status::print_vips(v))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Conntrack { which, vip, json } => {
+            let req = Request::Conntrack { vip: vip.map(|v| v.to_string()) };
+            let flows: Vec<FlowStatus> = ask(&which.name()?, &req)?;
+            print_json_or(json, &flows, |f| status::print_flows(f))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "vipr", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { keep } => {

@@ -46,7 +46,7 @@ impl Neighbors {
                 .args(["neigh", "replace", &addr.to_string(), "dev", dev, "managed"])
                 .status();
             if !status.is_ok_and(|s| s.success()) {
-                eprintln!("vipr: could not keep the neighbour {addr} on {dev} resolved; its first packets go through the kernel");
+                tracing::warn!("could not keep the neighbour {addr} on {dev} resolved; its first packets go through the kernel");
             }
         }
         for (addr, dev) in self.managed.difference(&wanted) {

@@ -144,7 +144,7 @@ pub fn print_reports(reports: &[VipReport]) {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct Trace {
     pub flow: String,
     pub vip: Option<String>,
@@ -154,14 +154,21 @@ pub struct Trace {
     pub ring_slot: Option<u32>,
     pub ring_size: Option<u32>,
     pub why: String,
+    /// The agent found the flow in its conntrack (the backend is the tracked one).
+    #[serde(default)]
+    pub tracked: bool,
 }
 
 /// Which backend a new flow gets, and why.
 pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Result<Trace> {
+    trace_tables(&compile(cfg)?, src, dst, proto)
+}
+
+/// Which backend a new flow gets from `tables`, and why.
+pub fn trace_tables(tables: &Tables, src: SocketAddr, dst: SocketAddr, proto: u8) -> Result<Trace> {
     if src.is_ipv4() != dst.is_ipv4() {
         bail!("source {src} and destination {dst} are of different address families");
     }
-    let tables = compile(cfg)?;
     let key = flow_key(src.ip(), src.port(), dst.ip(), dst.port(), proto);
     let flow = format!("{src} -> {dst} {}", proto_name(proto));
     let vip_key = VipKey::new(dst.ip(), dst.port(), proto);
@@ -185,6 +192,7 @@ pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Resul
             ring_slot: None,
             ring_size: None,
             why,
+            tracked: false,
         });
     };
     if vip.info.flags & VIP_F_SOURCE_RANGES != 0
@@ -199,12 +207,13 @@ pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Resul
             ring_slot: None,
             ring_size: Some(vip.ring_size()),
             why: format!("{} is outside the VIP's source ranges", src.ip()),
+            tracked: false,
         });
     }
     let affinity = vip.info.flags & VIP_F_AFFINITY != 0;
     let hash = if affinity { affinity_hash(&key) } else { flow_hash(&key) };
     let slot = ring_index(hash, vip.ring_size());
-    let chosen = choose_backend(&tables, &key);
+    let chosen = choose_backend(tables, &key);
     let hashed = if affinity { "3-tuple (sessionAffinity ClientIP)" } else { "5-tuple" };
     Ok(Trace {
         flow,
@@ -223,5 +232,6 @@ pub fn trace(cfg: &Config, src: SocketAddr, dst: SocketAddr, proto: u8) -> Resul
             ),
             None => "the VIP has no active backend".into(),
         },
+        tracked: false,
     })
 }

@@ -37,7 +37,8 @@ pub use ipam::{EventKind, Ipam, IpamEvent, IpamPlan, StatusUpdate};
 pub use manifests::{load_manifests, parse_manifests, ManifestError, ManifestWarning, Manifests};
 pub use object::{Kind, LbClass, ObjectRef};
 pub use translate::{
-    translate, Inputs, Mode, Options, Problem, ServiceVip, Translation, VipKind, Warning,
+    translate, Inputs, Mode, Options, Problem, ServiceVip, Translation, Translator, VipKind,
+    Warning,
 };
 
 /// Re-exported so callers name the same Kubernetes types this crate was built with.

@@ -26,7 +26,7 @@
 //!   renewal at once; a rival takes the Lease over when it expires.
 
 use crate::ipam::{EventKind, Ipam, IpamPlan};
-use crate::translate::{translate, Inputs, Options, Translation};
+use crate::translate::{Options, Translation, Translator};
 use crate::v1beta1;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -140,6 +140,14 @@ pub enum LiveError {
     Client {
         #[source]
         source: kube::Error,
+    },
+    #[error(
+        "no Kubernetes API server to talk to: not in a pod and no kubeconfig ({source}); \
+         set kubernetes.api_server in the config"
+    )]
+    Infer {
+        #[source]
+        source: kube::config::InferConfigError,
     },
 }
 
@@ -258,11 +266,35 @@ enum Slices {
     V1beta1(Store<v1beta1::EndpointSlice>),
 }
 
+/// v1 conversions of v1beta1 slices, by the address of the v1beta1 object (held, so the
+/// address cannot be reused by another object while its entry exists).
+type Converted =
+    std::collections::HashMap<usize, (Arc<v1beta1::EndpointSlice>, Arc<EndpointSlice>)>;
+
 impl Slices {
-    fn snapshot(&self) -> Vec<EndpointSlice> {
+    /// The slices in their v1 shape; an object the store did not replace keeps its `Arc`
+    /// (and is not converted again), so the [`Translator`] sees it unchanged.
+    fn snapshot(&self, converted: &mut Converted) -> Vec<Arc<EndpointSlice>> {
         match self {
-            Slices::V1(s) => s.state().iter().map(|s| (**s).clone()).collect(),
-            Slices::V1beta1(s) => s.state().iter().map(|s| (**s).clone().into_v1()).collect(),
+            Slices::V1(s) => s.state(),
+            Slices::V1beta1(s) => {
+                let mut next = Converted::with_capacity(converted.len());
+                let out = s
+                    .state()
+                    .into_iter()
+                    .map(|beta| {
+                        let at = Arc::as_ptr(&beta) as usize;
+                        let v1 = match converted.remove(&at) {
+                            Some((_, v1)) => v1,
+                            None => Arc::new((*beta).clone().into_v1()),
+                        };
+                        next.insert(at, (beta, v1.clone()));
+                        v1
+                    })
+                    .collect();
+                *converted = next;
+                out
+            }
         }
     }
 
@@ -331,19 +363,20 @@ where
         PatchParams { field_manager: Some(field_manager(&cfg.identity)), ..PatchParams::default() };
     let mut ipam: Option<Ipam> = None;
     let mut last: Option<Translation> = None;
+    let mut translator = Translator::new(cfg.options.clone());
+    let mut converted = Converted::new();
     let mut resync = tokio::time::interval(cfg.resync);
     loop {
         // Coalesce a burst (a relist, a rollout) into one translation.
         while let Ok(at) = changes.try_recv() {
             pending.get_or_insert(at);
         }
-        let inputs = Inputs {
-            services: services.state().iter().map(|s| (**s).clone()).collect(),
-            endpoint_slices: slices.snapshot(),
-            nodes: nodes.state().iter().map(|n| (**n).clone()).collect(),
-        };
         if let Some(first_event) = pending.take() {
-            let translation = translate(&inputs, &cfg.options);
+            let translation = translator.translate(
+                &services.state(),
+                &slices.snapshot(&mut converted),
+                &nodes.state(),
+            );
             if last.as_ref() != Some(&translation) {
                 on_change(&translation, first_event);
                 cfg.stats.translations.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +388,8 @@ where
             // A new holder starts afresh from the statuses, whatever it knew before.
             let ipam =
                 ipam.get_or_insert_with(|| Ipam::new(cfg.pools.clone(), cfg.options.class.clone()));
-            let plan = ipam.reconcile(&inputs.services);
+            let all: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+            let plan = ipam.reconcile(&all);
             apply(&client, &recorder, &params, &services, plan).await;
         } else {
             ipam = None;
@@ -488,6 +522,27 @@ fn conflict_is_false(r: Result<Lease, kube::Error>) -> Result<bool, kube::Error>
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+/// A client for a production cluster: the API server at `api_server` with the bearer
+/// token in `token_file` (re-read as it rotates) and the roots in `ca_file` (else the
+/// system's); without `api_server`, the pod's service account or else the kubeconfig.
+pub async fn client(
+    api_server: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Client, LiveError> {
+    let config = match api_server {
+        Some(url) => {
+            let uri = url.parse().map_err(|_| LiveError::BadUrl { url: url.to_owned() })?;
+            let mut config = kube::Config::new(uri);
+            config.root_cert_file = ca_file.map(Into::into);
+            config.auth_info.token_file = token_file.map(|p| p.display().to_string());
+            config
+        }
+        None => kube::Config::infer().await.map_err(|source| LiveError::Infer { source })?,
+    };
+    Client::try_from(config).map_err(|source| LiveError::Client { source })
 }
 
 /// A client for the API server at `url` with a bearer `token`, trusting its

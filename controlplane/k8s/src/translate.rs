@@ -221,6 +221,128 @@ pub fn translate(inputs: &Inputs, opts: &Options) -> Translation {
     out.finish()
 }
 
+/// [`translate`] for a source that calls it again after every change: only the Services
+/// whose Service or EndpointSlice objects changed since the last call are translated
+/// again; the others reuse their VIPs. Objects are compared by `Arc` identity, which a
+/// reflector's store keeps for an object that did not change (and replaces when it
+/// does), so telling what changed costs a pointer compare. A change of any Node (rare:
+/// kubelets renew Leases, not Nodes) translates everything again.
+///
+/// The VIPs equal those of [`translate`] on the same objects. Warnings too, except that
+/// a slice of a Service that does not exist is not reported, and "node not found"
+/// comes once a Service rather than once.
+#[derive(Default)]
+pub struct Translator {
+    opts: Options,
+    nodes: Vec<std::sync::Arc<Node>>,
+    node_objects: Vec<Node>,
+    /// The Services in (namespace, name) order, as of the last call.
+    order: Vec<std::sync::Arc<Service>>,
+    /// By the address of the Service object (held in `Fragment::svc`, so no other object
+    /// can have that address while the entry exists).
+    cache: hashbrown::HashMap<usize, Fragment>,
+    /// Services translated again by the last call.
+    pub retranslated: usize,
+}
+
+struct Fragment {
+    svc: std::sync::Arc<Service>,
+    slices: Vec<std::sync::Arc<EndpointSlice>>,
+    vips: Vec<ServiceVip>,
+    warnings: Vec<Warning>,
+}
+
+impl Translator {
+    pub fn new(opts: Options) -> Self {
+        Translator { opts, ..Translator::default() }
+    }
+
+    pub fn translate(
+        &mut self,
+        services: &[std::sync::Arc<Service>],
+        slices: &[std::sync::Arc<EndpointSlice>],
+        nodes: &[std::sync::Arc<Node>],
+    ) -> Translation {
+        use std::sync::Arc;
+        let at = |o: &Arc<Service>| Arc::as_ptr(o) as usize;
+        let mut nodes: Vec<Arc<Node>> = nodes.to_vec();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let same_nodes = nodes.len() == self.nodes.len()
+            && nodes.iter().zip(&self.nodes).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same_nodes {
+            self.cache.clear();
+            self.node_objects = nodes.iter().map(|n| (**n).clone()).collect();
+            self.nodes = nodes;
+        }
+        let mut out = Out::default();
+        let node_index = NodeIndex::new(&self.node_objects, &mut out);
+
+        let mut by_service: hashbrown::HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
+            hashbrown::HashMap::with_capacity(slices.len());
+        for s in slices {
+            if let Some(service) =
+                s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                by_service.entry((namespace(&s.metadata), service.as_str())).or_default().push(s);
+            }
+        }
+        for group in by_service.values_mut() {
+            if group.len() > 1 {
+                group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            }
+        }
+        // Services change far less often than endpoints: sort only when one did.
+        let same_services = services.len() == self.order.len()
+            && services
+                .iter()
+                .all(|s| self.cache.get(&at(s)).is_some_and(|f| Arc::ptr_eq(&f.svc, s)));
+        if !same_services {
+            let mut order = services.to_vec();
+            order.sort_by(|a, b| service_key(a).cmp(&service_key(b)));
+            self.order = order;
+        }
+        let mut cache = hashbrown::HashMap::with_capacity(self.order.len());
+        self.retranslated = 0;
+        for svc in &self.order {
+            let mine: &[&Arc<EndpointSlice>] =
+                by_service.get(&service_key(svc)).map_or(&[], Vec::as_slice);
+            let fragment = match self.cache.remove(&at(svc)) {
+                Some(f)
+                    if Arc::ptr_eq(&f.svc, svc)
+                        && f.slices.len() == mine.len()
+                        && f.slices.iter().zip(mine).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    f
+                }
+                _ => {
+                    self.retranslated += 1;
+                    let objects: Vec<EndpointSlice> = mine.iter().map(|s| (***s).clone()).collect();
+                    let mut o = Out::default();
+                    let slice_index = SliceIndex::new(&objects, &mut o);
+                    let cx = ServiceCx {
+                        svc,
+                        opts: &self.opts,
+                        slices: &slice_index,
+                        nodes: &node_index,
+                    };
+                    cx.translate(&mut o, &mut false);
+                    Fragment {
+                        svc: svc.clone(),
+                        slices: mine.iter().map(|s| (*s).clone()).collect(),
+                        vips: o.vips,
+                        warnings: o.warnings,
+                    }
+                }
+            };
+            out.vips.extend(fragment.vips.iter().cloned());
+            out.warnings.extend(fragment.warnings.iter().cloned());
+            cache.insert(at(svc), fragment);
+        }
+        self.cache = cache;
+        out.finish()
+    }
+}
+
 fn service_key(svc: &Service) -> (&str, &str) {
     (namespace(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""))
 }

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod maps;
 #[cfg(feature = "user")]
 mod pod;
+pub mod steer;
 pub mod tables;
 pub mod tcp;
 

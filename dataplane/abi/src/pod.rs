@@ -2,6 +2,7 @@
 #![allow(unsafe_code)]
 
 use crate::bench::{PktgenConfig, PktgenHeaders, RedirectTo, SinkCount};
+use crate::steer::{SteerConfig, SteerKey};
 use crate::tables::*;
 
 macro_rules! pod {
@@ -15,6 +16,8 @@ macro_rules! pod {
 }
 
 pod!(
+    SteerKey,
+    SteerConfig,
     VipKey,
     VipInfo,
     VipAddrKey,

@@ -9,7 +9,7 @@
 //! changed, so one endpoint change among 10k VIPs rebuilds one ring.
 
 use crate::maglev::{self, BackendIdentity, WeightedBackend};
-use hashbrown::HashMap;
+pub use hashbrown::HashMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -220,6 +220,13 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
         self.free = (0..self.next).rev().filter(|id| !used.contains(id)).collect();
     }
 
+    /// Frees the id of `key`, if it has one.
+    fn release(&mut self, key: &K) {
+        if let Some(id) = self.ids.remove(key) {
+            self.free.push(id);
+        }
+    }
+
     /// Frees the ids of keys not in `keep`.
     fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         let free = &mut self.free;
@@ -238,12 +245,22 @@ type BackendKey = (VipKey, BackendIdentity);
 /// A VIP's last ring: the backends it was built from, its size, its slots.
 type BuiltRing = (Vec<WeightedBackend>, u32, Arc<[u32]>);
 
-/// Builds `Tables` from `DesiredState`, remembering ids and rings between calls.
+/// A VIP as the last compile left it.
+#[derive(Debug)]
+struct CompiledVip {
+    vip: Vip,
+    /// Its backends: identity, id and what is programmed for them, in spec order.
+    backends: Vec<(BackendIdentity, u32, BackendInfo)>,
+}
+
+/// Builds `Tables` from `DesiredState`, remembering ids, rings and each VIP's compiled
+/// form between calls, so a compile costs little more than the VIPs that changed.
 #[derive(Debug)]
 pub struct Compiler {
     vip_ids: Ids<VipKey>,
     backend_ids: Ids<BackendKey>,
     rings: HashMap<VipKey, BuiltRing>,
+    cache: HashMap<VipKey, CompiledVip>,
     /// Rings built (not reused) by the last compile: what a programmer must rewrite.
     pub rings_built: usize,
 }
@@ -254,6 +271,7 @@ impl Default for Compiler {
             vip_ids: Ids::new(MAX_VIPS),
             backend_ids: Ids::new(MAX_BACKENDS),
             rings: HashMap::new(),
+            cache: HashMap::new(),
             rings_built: 0,
         }
     }
@@ -273,20 +291,63 @@ impl Compiler {
     }
 
     pub fn compile(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
+        let result = self.compile_from_cache(desired);
+        if result.is_err() {
+            // Ids may have moved under VIPs the cache still holds: start afresh.
+            self.cache.clear();
+        }
+        result
+    }
+
+    fn compile_from_cache(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
         self.check(desired)?;
         let wanted: hashbrown::HashSet<VipKey> = desired.vips.iter().map(VipSpec::key).collect();
-        let wanted_backends: hashbrown::HashSet<BackendKey> = desired
-            .vips
-            .iter()
-            .flat_map(|v| {
-                let k = v.key();
-                v.backends.iter().map(move |b| (k, identity(b)))
-            })
-            .collect();
-        // Free first, so a full id space can take a replacement in the same compile.
+        if self.cache.is_empty() {
+            // First compile (or after an error): ids adopted or handed out before and
+            // not wanted now are freed here; later compiles free them VIP by VIP.
+            let wanted_backends: hashbrown::HashSet<BackendKey> = desired
+                .vips
+                .iter()
+                .flat_map(|v| {
+                    let k = v.key();
+                    v.backends.iter().map(move |b| (k, identity(b)))
+                })
+                .collect();
+            self.backend_ids.retain(|k| wanted_backends.contains(k));
+            self.rings.retain(|k, _| wanted.contains(k));
+        }
+        // A VIP whose spec is what it was keeps its compiled form: no id lookups, no
+        // ring check. Changed and gone VIPs free the ids they no longer use first, so a
+        // full id space can take a replacement in the same compile.
+        let mut unchanged: hashbrown::HashSet<VipKey> = hashbrown::HashSet::new();
+        for spec in &desired.vips {
+            let key = spec.key();
+            match self.cache.get(&key) {
+                Some(c) if *c.vip.spec == *spec => {
+                    unchanged.insert(key);
+                }
+                Some(c) => {
+                    let kept: hashbrown::HashSet<BackendIdentity> =
+                        spec.backends.iter().map(identity).collect();
+                    for (b, _, _) in c.backends.iter().filter(|(b, _, _)| !kept.contains(b)) {
+                        self.backend_ids.release(&(key, *b));
+                    }
+                }
+                None => {}
+            }
+        }
+        let gone: Vec<VipKey> =
+            self.cache.keys().filter(|k| !wanted.contains(*k)).copied().collect();
+        for key in gone {
+            let c = self.cache.remove(&key).expect("listed above");
+            for (b, _, _) in &c.backends {
+                self.backend_ids.release(&(key, *b));
+            }
+            self.vip_ids.release(&key);
+            self.rings.remove(&key);
+        }
+        // Ids handed out before the cache knew them (adopted ones) and not wanted.
         self.vip_ids.retain(|k| wanted.contains(k));
-        self.backend_ids.retain(|k| wanted_backends.contains(k));
-        self.rings.retain(|k, _| wanted.contains(k));
         self.rings_built = 0;
 
         let mut t = Tables {
@@ -294,13 +355,25 @@ impl Compiler {
             next_hops: NextHops::new(&desired.next_hops),
             ..Tables::default()
         };
+        t.vips.reserve(desired.vips.len());
+        t.backends.reserve(self.backend_ids.next as usize);
         for spec in &desired.vips {
             let key = spec.key();
+            if unchanged.contains(&key) {
+                let c = &self.cache[&key];
+                for &(_, id, info) in &c.backends {
+                    put_backend(&mut t.backends, id, info);
+                }
+                *t.vip_addrs.entry(VipAddrKey::new(key.addr, key.family)).or_insert(0) += 1;
+                t.vips.insert(key, c.vip.clone());
+                continue;
+            }
             let vip_id = self
                 .vip_ids
                 .get_or_alloc(key)
                 .ok_or(CompileError::TooManyVips { count: desired.vips.len(), limit: MAX_VIPS })?;
             let mut weighted = Vec::with_capacity(spec.backends.len());
+            let mut backends = Vec::with_capacity(spec.backends.len());
             for b in &spec.backends {
                 let id = self
                     .backend_ids
@@ -314,10 +387,8 @@ impl Compiler {
                     flags: if b.draining { BACKEND_F_DRAINING } else { 0 },
                     vip_id,
                 };
-                if t.backends.len() <= id as usize {
-                    t.backends.resize(id as usize + 1, EMPTY_BACKEND);
-                }
-                t.backends[id as usize] = info;
+                put_backend(&mut t.backends, id, info);
+                backends.push((identity(b), id, info));
                 if !b.draining && b.weight > 0 {
                     weighted.push(WeightedBackend { identity: identity(b), weight: b.weight, id });
                 }
@@ -344,8 +415,9 @@ impl Compiler {
             };
             *t.vip_addrs.entry(VipAddrKey::new(key.addr, key.family)).or_insert(0) += 1;
             let source_ranges: Arc<[IpNet]> = spec.source_ranges.iter().map(IpNet::trunc).collect();
-            t.vips
-                .insert(key, Vip { info, key, ring, source_ranges, spec: Arc::new(spec.clone()) });
+            let vip = Vip { info, key, ring, source_ranges, spec: Arc::new(spec.clone()) };
+            self.cache.insert(key, CompiledVip { vip: vip.clone(), backends });
+            t.vips.insert(key, vip);
         }
         Ok(t)
     }
@@ -383,18 +455,18 @@ impl Compiler {
                     proto: v.proto,
                 });
             }
-            let vip = format!("{}:{}", v.addr, v.port);
+            let vip = || format!("{}:{}", v.addr, v.port);
             for b in &v.backends {
                 if b.addr.is_ipv4() != v.addr.is_ipv4() {
                     return Err(CompileError::FamilyMismatch {
-                        vip: vip.clone(),
+                        vip: vip(),
                         backend: format!("{}:{}", b.addr, b.port),
                     });
                 }
             }
             if let Some(s) = v.snat_addr {
                 if s.is_ipv4() != v.addr.is_ipv4() {
-                    return Err(CompileError::SnatFamilyMismatch { vip, snat: s });
+                    return Err(CompileError::SnatFamilyMismatch { vip: vip(), snat: s });
                 }
             }
         }
@@ -404,6 +476,13 @@ impl Compiler {
 
 const EMPTY_BACKEND: BackendInfo =
     BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
+
+fn put_backend(backends: &mut Vec<BackendInfo>, id: u32, info: BackendInfo) {
+    if backends.len() <= id as usize {
+        backends.resize(id as usize + 1, EMPTY_BACKEND);
+    }
+    backends[id as usize] = info;
+}
 
 fn identity(b: &BackendSpec) -> BackendIdentity {
     BackendIdentity { addr: b.addr, port: b.port }

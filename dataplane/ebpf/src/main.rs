@@ -24,6 +24,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod steer;
 
 use aya_ebpf::{
     bindings::xdp_action,

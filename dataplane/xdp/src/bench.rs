@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfLoader};
 use std::time::Duration;
 use vipr_abi::bench::*;
 use vipr_abi::maps as names;
+use vipr_abi::steer::{STEER_IFACES, STEER_KEYS, STEER_XSKS};
 
 pub struct BenchPrograms {
     ebpf: Ebpf,
@@ -30,6 +31,9 @@ impl BenchPrograms {
             loader.map_max_entries(name, 1);
         }
         loader.map_max_entries(names::CONNTRACK, 2);
+        for name in [STEER_XSKS, STEER_IFACES, STEER_KEYS] {
+            loader.map_max_entries(name, 1);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(|source| Error::Load { source })?;
         for name in [PROG_PKTGEN, PROG_SINK, PROG_REDIRECT] {
             let prog: &mut aya::programs::Xdp = ebpf

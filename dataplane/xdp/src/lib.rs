@@ -11,6 +11,7 @@ pub mod bench;
 mod loader;
 mod maps;
 mod programmer;
+pub mod steer;
 mod sys;
 
 pub use loader::{detach_pinned, pin_dir, AttachMode, Limits, Xdp, PIN_ROOT};

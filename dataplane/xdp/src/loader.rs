@@ -15,6 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vipr_abi::maps as names;
+use vipr_abi::steer;
 
 /// The XDP object, built by build.rs from dataplane/ebpf.
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIPR_EBPF_OBJECT"));
@@ -90,6 +91,11 @@ impl Xdp {
             .map_max_entries(names::AFFINITY, limits.conntrack_flows.max(1))
             .map_max_entries(names::SOURCE_RANGES, limits.source_ranges)
             .map_max_entries(names::NEXT_HOPS, limits.next_hops);
+        // The AF_XDP steering program's maps share the object; the load balancer does not
+        // use them.
+        for name in [steer::STEER_XSKS, steer::STEER_IFACES, steer::STEER_KEYS] {
+            loader.map_max_entries(name, 1);
+        }
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir.join("links"))
                 .map_err(|source| Error::Io { path: dir.into(), source })?;

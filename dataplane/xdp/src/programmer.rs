@@ -4,8 +4,11 @@
 //! an adopted dataplane is corrected in place, never flushed.
 //!
 //! Order matters for packets in flight: backends before the rings that name them, rings
-//! before the VIPs that use them; removals last. A ring is never edited in place: a new
-//! inner map is filled aside and swapped into `RINGS` with one update.
+//! before the VIPs that use them; removals last. A new ring goes into an inner map filled
+//! aside and swapped into `RINGS` (all of one call's swaps in one update: each update of
+//! an array of maps waits for an RCU grace period). A changed ring that fits the inner
+//! map this programmer made for its VIP is rewritten in place instead (`rewrite_ring`):
+//! no grace period, so one endpoint change costs microseconds in the kernel.
 
 use crate::sys;
 use crate::{map_err, Error, Limits, Maps, Result};
@@ -13,7 +16,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::MapData;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
@@ -33,6 +36,8 @@ pub struct ProgramReport {
 #[derive(Default)]
 pub struct Programmer {
     programmed: Option<Tables>,
+    /// The inner ring map in each VIP id's `RINGS` slot, when this programmer made it.
+    rings: HashMap<u32, InnerRing>,
 }
 
 /// A VIP as programmed: its info, and its ring when this programmer wrote it.
@@ -67,9 +72,13 @@ impl Programmer {
         }
 
         // Backends.
-        let prev_backends = match &prev {
-            Some(p) => p.backends.clone(),
-            None => maps.backends.iter().map(|b| b.unwrap_or(EMPTY_BACKEND)).collect(),
+        let read_backends: Vec<BackendInfo>;
+        let prev_backends: &[BackendInfo] = match &prev {
+            Some(p) => &p.backends,
+            None => {
+                read_backends = maps.backends.iter().map(|b| b.unwrap_or(EMPTY_BACKEND)).collect();
+                &read_backends
+            }
         };
         let len = t.backends.len().max(prev_backends.len());
         for id in 0..len {
@@ -82,27 +91,46 @@ impl Programmer {
         }
 
         // Rings, then VIPs.
-        let prev_vips: HashMap<VipKey, ProgrammedVip> = match &prev {
-            Some(p) => p.vips.iter().map(|(k, v)| (*k, (v.info, Some(v.ring.clone())))).collect(),
-            None => {
-                maps.vips.iter().filter_map(|r| r.ok()).map(|(k, info)| (k, (info, None))).collect()
+        // What each VIP had: from the last snapshot, or (after a restart) from the maps.
+        let read_vips: HashMap<VipKey, VipInfo> = match &prev {
+            Some(_) => HashMap::new(),
+            None => maps.vips.iter().filter_map(|r| r.ok()).collect(),
+        };
+        let prev_vip = |key: &VipKey| -> Option<ProgrammedVip> {
+            match &prev {
+                Some(p) => p.vips.get(key).map(|v| (v.info, Some(v.ring.clone()))),
+                None => read_vips.get(key).map(|info| (*info, None)),
             }
         };
         let mut rings = Vec::new();
         for (key, vip) in &t.vips {
-            let old = prev_vips.get(key);
+            let old = prev_vip(key);
             let same_ring = old.is_some_and(|(info, ring)| {
                 info.vip_id == vip.info.vip_id
                     && ring.as_ref().is_some_and(|r| Arc::ptr_eq(r, &vip.ring))
             });
-            if !same_ring {
-                rings.push((vip.info.vip_id, new_ring(vip.info.vip_id, &vip.ring)?));
+            if same_ring {
+                continue;
+            }
+            report.rings_written += 1;
+            let id = vip.info.vip_id;
+            match self.rings.get(&id) {
+                Some(r) if r.capacity as usize >= vip.ring.len() => {
+                    rewrite_ring(r.fd.as_fd(), &vip.ring)
+                        .map_err(|source| Error::Ring { vip_id: id, source })?;
+                }
+                _ => {
+                    let capacity = ring_capacity(vip.ring.len(), vip.spec.ring_max);
+                    rings.push((id, new_ring(id, &vip.ring, capacity)?, capacity));
+                }
             }
         }
-        report.rings_written = rings.len();
-        swap_rings(maps, rings)?;
+        swap_rings(maps, &rings)?;
+        for (id, fd, capacity) in rings {
+            self.rings.insert(id, InnerRing { fd, capacity });
+        }
         for (key, vip) in &t.vips {
-            if prev_vips.get(key).map(|(info, _)| info) != Some(&vip.info) {
+            if prev_vip(key).map(|(info, _)| info) != Some(vip.info) {
                 maps.vips.insert(key, vip.info, 0).map_err(map_err(names::VIPS))?;
                 report.vips_written += 1;
             }
@@ -146,9 +174,13 @@ impl Programmer {
         }
 
         // VIP addresses (for fragments and the ICMP path).
-        let prev_addrs: HashMap<VipAddrKey, u32> = match &prev {
-            Some(p) => p.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect(),
-            None => maps.vip_addrs.iter().filter_map(|r| r.ok()).collect(),
+        let read_addrs: vipr_dataplane::tables::HashMap<VipAddrKey, u32>;
+        let prev_addrs = match &prev {
+            Some(p) => &p.vip_addrs,
+            None => {
+                read_addrs = maps.vip_addrs.iter().filter_map(|r| r.ok()).collect();
+                &read_addrs
+            }
         };
         for (k, n) in &t.vip_addrs {
             if prev_addrs.get(k) != Some(n) {
@@ -157,7 +189,11 @@ impl Programmer {
         }
 
         // Removals.
-        for key in prev_vips.keys().filter(|k| !t.vips.contains_key(*k)) {
+        let prev_keys: Vec<VipKey> = match &prev {
+            Some(p) => p.vips.keys().copied().collect(),
+            None => read_vips.keys().copied().collect(),
+        };
+        for key in prev_keys.iter().filter(|k| !t.vips.contains_key(*k)) {
             maps.vips.remove(key).map_err(map_err(names::VIPS))?;
             report.vips_removed += 1;
         }
@@ -181,32 +217,62 @@ impl Programmer {
 const EMPTY_BACKEND: BackendInfo =
     BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
 
-/// A new inner map filled with `ring` (one batch call), not yet visible to packets.
-fn new_ring(vip_id: u32, ring: &[u32]) -> Result<OwnedFd> {
+/// An inner ring map this programmer made, and how many slots it has room for.
+#[derive(Debug)]
+struct InnerRing {
+    fd: OwnedFd,
+    capacity: u32,
+}
+
+/// Slots for a ring of `len` (header included): a quarter more, so a VIP that gains a
+/// backend or two is rewritten in place rather than swapped (see `rewrite_ring`).
+fn ring_capacity(len: usize, ring_max: u32) -> u32 {
+    let most = ring_max as usize + RING_HEADER_SLOTS as usize;
+    (len + len / 4).min(most).max(len) as u32
+}
+
+/// A new inner map of `capacity` slots filled with `ring` (one batch call), not yet
+/// visible to packets.
+fn new_ring(vip_id: u32, ring: &[u32], capacity: u32) -> Result<OwnedFd> {
     let ring_err = |source| Error::Ring { vip_id, source };
-    let fd = sys::create_u32_array("vipr_ring", ring.len() as u32, names::BPF_F_INNER_MAP)
-        .map_err(ring_err)?;
+    let fd =
+        sys::create_u32_array("vipr_ring", capacity, names::BPF_F_INNER_MAP).map_err(ring_err)?;
     sys::fill_u32_array(fd.as_fd(), ring).map_err(ring_err)?;
     Ok(fd)
+}
+
+/// Writes `ring` over the live inner map `fd` with one batch call: the slots first, the
+/// header (M) last. A packet meanwhile reads each slot old or new, which is the same as
+/// the update landing a moment earlier or later for its flow; every slot always holds a
+/// backend of the old or the new set, and a larger M is only published once its slots
+/// are written. Unlike a swap in the outer array of maps, this waits for no RCU grace
+/// period, so one change costs microseconds instead of milliseconds (Katran updates its
+/// rings in place the same way).
+fn rewrite_ring(fd: BorrowedFd<'_>, ring: &[u32]) -> std::io::Result<()> {
+    let header = RING_HEADER_SLOTS as usize;
+    let keys: Vec<u32> = (header as u32..ring.len() as u32).chain(0..header as u32).collect();
+    let values: Vec<u32> = ring[header..].iter().chain(&ring[..header]).copied().collect();
+    sys::update_u32_batch(fd, &keys, &values)
 }
 
 /// Swaps new rings into their VIPs' `RINGS` slots: a packet sees a VIP's old ring or its
 /// new one, never half of one. Every update of an array of maps waits for running
 /// programs to finish (an RCU grace period, milliseconds); one batch update waits once
 /// for all of them, which turns a cold start of 10k rings from minutes into a moment.
-fn swap_rings(maps: &mut Maps, rings: Vec<(u32, OwnedFd)>) -> Result<()> {
+fn swap_rings(maps: &mut Maps, rings: &[(u32, OwnedFd, u32)]) -> Result<()> {
     if rings.is_empty() {
         return Ok(());
     }
-    let keys: Vec<u32> = rings.iter().map(|(id, _)| *id).collect();
-    let fds: Vec<u32> = rings.iter().map(|(_, fd)| fd.as_raw_fd() as u32).collect();
+    let keys: Vec<u32> = rings.iter().map(|(id, _, _)| *id).collect();
+    let fds: Vec<u32> = rings.iter().map(|(_, fd, _)| fd.as_raw_fd() as u32).collect();
     if sys::update_u32_batch(maps.rings_fd(), &keys, &fds).is_ok() {
         return Ok(());
     }
     // Kernels without batch updates of arrays of maps: one entry at a time.
-    for (vip_id, fd) in rings {
-        let inner = MapData::from_fd(fd).map_err(map_err(names::RINGS))?;
-        maps.rings.set(vip_id, &inner, 0).map_err(map_err(names::RINGS))?;
+    for (vip_id, fd, _) in rings {
+        let dup = fd.try_clone().map_err(|source| Error::Ring { vip_id: *vip_id, source })?;
+        let inner = MapData::from_fd(dup).map_err(map_err(names::RINGS))?;
+        maps.rings.set(*vip_id, &inner, 0).map_err(map_err(names::RINGS))?;
     }
     Ok(())
 }
