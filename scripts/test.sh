@@ -24,6 +24,9 @@ cargo clippy -p vipr --features dpdk --all-targets --locked -- -D warnings
 step "cargo test (unit, property, fixtures in userspace and in the kernel, end to end)"
 cargo test --workspace --locked 2>&1 | tee -a target/test.log
 
+step "the DaemonSet's capabilities are enough for vipr run, and each is needed"
+bash deploy/check-capabilities.sh target/debug/vipr
+
 step "DPDK end to end (net_af_packet ports on the testbed's veths, --no-huge; the dpdk feature)"
 cargo test -p vipr --features dpdk --test e2e_dpdk --locked 2>&1 | tee -a target/test.log
 

@@ -564,8 +564,33 @@ fn afxdp_samples(
     tables: &vipr_dataplane::tables::Tables,
     targets: [(IpAddr, u16); 2],
 ) -> Result<Vec<Sample>> {
-    use vipr_poll::afxdp::{self, AfxdpConfig, AfxdpInterface};
-    let shared = vipr_dataplane::pipeline::SharedTables::new(tables.clone());
+    use vipr_dataplane::tables::{NextHop, NextHopSpec, NextHops, Tables};
+    use vipr_poll::afxdp::{self, AfxdpConfig, AfxdpInterface, NextHopSource};
+    // The next hops the kernel would give (the neighbours are static here): a background
+    // resolver would only add its own work to the measured window.
+    let lb = bed.tb.lb_ns();
+    let mut hops = Vec::new();
+    for i in 0..bed.tb.backends {
+        let dev = format!("lbb{}", i + 1);
+        let hop = NextHop {
+            ifindex: ifindex(&bed.tb, &lb, &dev)?,
+            src_mac: mac_of(&bed.tb, &lb, &dev)?,
+            dst_mac: mac_of(&bed.tb, &bed.tb.backend_ns(i), "b0")?,
+        };
+        for addr in [testbed::backend_addr(i), testbed::backend_addr6(i)] {
+            hops.push(NextHopSpec { dest: addr.parse::<IpAddr>()?.into(), hop });
+        }
+    }
+    let to_client = NextHop {
+        ifindex: ifindex(&bed.tb, &lb, "lbc")?,
+        src_mac: mac_of(&bed.tb, &lb, "lbc")?,
+        dst_mac: mac_of(&bed.tb, &bed.tb.client_ns(), "c0")?,
+    };
+    for addr in [testbed::CLIENT, testbed::CLIENT6] {
+        hops.push(NextHopSpec { dest: addr.parse::<IpAddr>()?.into(), hop: to_client });
+    }
+    let tables = Tables { next_hops: NextHops::new(&hops), ..tables.clone() };
+    let shared = vipr_dataplane::pipeline::SharedTables::new(tables);
     // A poll-mode worker owns a core: the last one; the generator (this thread, and the
     // XDP work it triggers) is left to the scheduler, which keeps it off the busy core.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -583,10 +608,8 @@ fn afxdp_samples(
         .collect();
     let mut config = AfxdpConfig::new(interfaces);
     config.engine.conntrack_capacity = 1 << 18;
-    let lb = bed.tb.lb_ns();
+    config.next_hops = NextHopSource::Tables;
     let engine = in_netns(&lb, || afxdp::start(config, &shared))?;
-    // The resolver learns the backends' (static) neighbours in its first rounds.
-    std::thread::sleep(Duration::from_millis(500));
     let mut out = Vec::new();
     for (target, (vip, port)) in [("first", targets[0]), ("last", targets[1])] {
         let cpu0: u64 = engine.worker_tids().iter().map(|&t| thread_cpu_ns(t)).sum();

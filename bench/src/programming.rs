@@ -200,7 +200,7 @@ impl World {
             written.rings_written
         );
         ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
-        let ring_bytes = tables.vips.values().map(|v| v.ring.len() * 4).sum();
+        let ring_bytes = programmer.ring_bytes();
         drop(tables);
 
         let start = Instant::now();
@@ -563,7 +563,8 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         "Goal: at least 100x faster: **{}** ({:.0}x). Memory: the objects took {:.0} MiB of RSS; \
          translating, compiling and programming them grew this process's RSS by {:.0} MiB more \
          (desired state, compiled tables, the programmer's copy of what is programmed); the rings \
-         hold {:.0} MiB in the kernel. iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
+         hold {:.0} MiB in the kernel (8 bytes a slot, the kernel's array stride, plus a quarter \
+         of headroom so a ring that grows a little is rewritten in place). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
          memory not counted).\n",
         if ms(c.kube_proxy()) / ms(c.vipr()) >= 100.0 { "met" } else { "not met" },
         ms(c.kube_proxy()) / ms(c.vipr()),

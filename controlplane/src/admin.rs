@@ -111,7 +111,7 @@ fn handle(shared: &Shared, req: Request) -> Result<Value> {
                 dst.port(),
                 proto,
             );
-            if let Some(f) = dp.flows()?.into_iter().find(|f| f.key == key) {
+            if let Some(f) = dp.flows().unwrap_or_default().into_iter().find(|f| f.key == key) {
                 let backend = tables.backend(f.entry.backend_id).map(|b| {
                     status::endpoint(vipr_abi::ip_of(&b.addr, b.family), u16::from_be(b.port))
                 });

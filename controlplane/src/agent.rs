@@ -1,10 +1,14 @@
-//! `vipr run`, `vipr stop`, `vipr status`: the static appliance on the XDP dataplane.
+//! `vipr run`, `vipr stop`: the agent.
 //!
-//! `run` loads the program (adopting the maps and links an earlier agent pinned), programs
-//! the config's tables, attaches, and serves: SIGHUP or a change of the file reloads it.
-//! A reload validates the whole new file first; a bad file is reported and the running
-//! tables stay exactly as they were. SIGTERM / SIGINT end the agent and leave the
-//! dataplane running from its pins (like a crash would); `vipr stop` detaches and unpins.
+//! `run` builds the config's dataplane (XDP: loads the program, adopting the maps and
+//! links an earlier agent pinned; AF_XDP / DPDK: the poll-mode engine), programs the
+//! tables of every source (the config, a manifests folder, a live cluster), starts
+//! forwarding, and serves: SIGHUP or a change of a file reloads; a cluster change is
+//! programmed as it arrives, timed from its watch event. A reload validates the whole
+//! new file first; a bad file (or a compile error) is reported, counted, and the
+//! running tables stay exactly as they were. The admin socket and the metrics endpoint
+//! read the agent's [`Shared`] state. SIGTERM / SIGINT end the agent; the XDP dataplane
+//! keeps running from its pins (like a crash would), `vipr stop` detaches and unpins.
 
 use crate::dataplane::{maps_snapshot, Dataplane, XdpDataplane};
 use crate::kubernetes::{self, KubeSource};
@@ -366,13 +370,6 @@ fn load_xdp(cfg: &Config, compiler: &mut Compiler) -> Result<(XdpDataplane, Path
 pub fn run(opts: RunOptions) -> Result<()> {
     let path = opts.config.as_path();
     let cfg = load_config(path)?;
-    if cfg.dataplane != DataplaneKind::Xdp {
-        bail!(
-            "{}: dataplane {:?} is not available in this build; use `dataplane: xdp`",
-            path.display(),
-            cfg.dataplane
-        );
-    }
     if cfg.interfaces.is_empty() {
         bail!("{}: no interfaces to attach to (add `interfaces:`)", path.display());
     }
@@ -405,7 +402,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut compiler = Compiler::default();
-    let (dp, dir, adopting) = load_xdp(&cfg, &mut compiler)?;
+    let (dp, dir, adopting): (Box<dyn Dataplane>, Option<PathBuf>, bool) = match cfg.dataplane {
+        DataplaneKind::Xdp => {
+            let (dp, dir, adopting) = load_xdp(&cfg, &mut compiler)?;
+            (Box::new(dp), Some(dir), adopting)
+        }
+        DataplaneKind::Afxdp | DataplaneKind::Dpdk => {
+            (Box::new(crate::poll::PollDataplane::new(&cfg)), None, false)
+        }
+    };
     let mut sources = vec![format!("config {}", path.display())];
     if let Some(m) = &opts.sources.manifests {
         sources.push(format!("manifests {}", m.display()));
@@ -416,13 +421,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     let shared = Arc::new(Shared {
         instance: cfg.instance.clone(),
-        dataplane: Mutex::new(Box::new(dp)),
+        dataplane: Mutex::new(dp),
         latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
         prom_latency: metrics::latency_histogram(),
         ready: AtomicBool::new(false),
         reconcile_errors: AtomicU64::new(0),
         sources,
-        pinned_at: Some(dir.display().to_string()),
+        pinned_at: dir.as_ref().map(|d| d.display().to_string()),
         pools: Mutex::new(cfg.pools.iter().map(|p| (p.name.clone(), pool_size(p), 0)).collect()),
     });
     let mut agent = Agent {
@@ -446,13 +451,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     std::fs::write(&pid, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid.display()))?;
     let names: Vec<&str> = cfg.interfaces.iter().map(|i| i.name.as_str()).collect();
+    let vips = shared.dataplane.lock().unwrap().programmed().map_or(0, |t| t.vips.len());
     tracing::info!(
         instance = %cfg.instance,
-        rings = report.rings_written,
         interfaces = %names.join(","),
-        pinned_at = %dir.display(),
-        "{}",
-        if adopting { "adopted the pinned dataplane and serves" } else { "serves" }
+        dataplane = shared.dataplane.lock().unwrap().kind(),
+        pinned_at = %dir.as_ref().map_or("-".into(), |d| d.display().to_string()),
+        "{} {vips} VIPs ({} rings written)",
+        if adopting { "adopted its pinned dataplane and serves" } else { "serves" },
+        report.rings_written,
     );
 
     let term = Arc::new(AtomicBool::new(false));
@@ -481,10 +488,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&pid);
-    tracing::info!(
-        "agent exits; the dataplane keeps running from {} (`vipr stop` removes it)",
-        dir.display()
-    );
+    shared.dataplane.lock().unwrap().shutdown()?;
+    match &dir {
+        Some(dir) => tracing::info!(
+            "agent exits; the dataplane keeps running from {} (`vipr stop` removes it)",
+            dir.display()
+        ),
+        None => tracing::info!("agent exits; the poll-mode workers stopped"),
+    }
     Ok(())
 }
 
@@ -506,10 +517,12 @@ fn pool_size(p: &vipr_config::Pool) -> u128 {
 /// Ends the agent of `instance` if it runs, and detaches and unpins its dataplane.
 pub fn stop(instance: &str) -> Result<()> {
     let pid_path = pid_file(instance);
+    let mut ended_agent = false;
     if let Ok(text) = std::fs::read_to_string(&pid_path) {
         if let Ok(pid) = text.trim().parse::<i32>() {
             // SAFETY: kill(2) with a pid read from our own pid file.
             if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+                ended_agent = true;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 // SAFETY: signal 0 only checks that the process exists.
                 while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
@@ -521,6 +534,11 @@ pub fn stop(instance: &str) -> Result<()> {
     }
     let dir = pin_dir(instance);
     if !dir.exists() {
+        if ended_agent {
+            // A poll-mode dataplane: its workers ended with the agent; nothing is pinned.
+            tracing::info!("instance {instance} stopped");
+            return Ok(());
+        }
         bail!("instance {instance:?} is not running (nothing pinned at {})", dir.display());
     }
     vipr_xdp::detach_pinned(&dir)?;

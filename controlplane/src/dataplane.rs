@@ -55,6 +55,11 @@ pub trait Dataplane: Send {
     fn snapshot(&self) -> Result<Snapshot>;
     /// The conntrack's forward entries (one a flow).
     fn flows(&self) -> Result<Vec<Flow>>;
+    /// Stops forwarding when the agent ends; the XDP dataplane keeps running from its
+    /// pins instead (a restarted agent adopts it).
+    fn shutdown(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The XDP program, its pinned maps and the programmer that diffs against them.

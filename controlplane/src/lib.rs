@@ -9,6 +9,7 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod neighbors;
+pub mod poll;
 pub mod probe;
 pub mod simulate;
 pub mod status;

@@ -257,3 +257,37 @@ fn logs_are_json_objects_with_log_format_json_and_completions_are_printed() {
         assert!(script.contains(sub), "the bash completion knows {sub}");
     }
 }
+
+#[test]
+fn vipr_run_serves_through_af_xdp_and_status_shows_the_queues() {
+    let mut tb = Testbed::new("opx-", 2).expect("testbed");
+    tb.start_backends(VIPR).expect("backends");
+    let dir = scratch("afxdp");
+    let config = dir.0.join("vipr.yaml");
+    let text =
+        config_for(&tb, "e2e-opx", "dnat", &[0, 1]).replace("dataplane: xdp", "dataplane: afxdp");
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(Path::new(VIPR), &config, "e2e-opx", &tb.lb_ns()).unwrap();
+
+    let target = format!("{VIP}:{VIP_PORT}");
+    let out = tb.ns(&tb.client_ns(), &[VIPR, "probe", &target, "--count", "20"]).unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], 0, "{r}");
+    assert_eq!(r["backends"].as_object().unwrap().len(), 2, "{r}");
+
+    let st = json(&["status", "--json", "--instance", "e2e-opx"]);
+    assert_eq!(st["dataplane"], "afxdp", "{st}");
+    assert_eq!(st["attach_mode"], "copy", "veth offers AF_XDP copy mode only: {st}");
+    let queues = st["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), tb.lb_interfaces().len(), "one queue an interface: {st}");
+    let rx: u64 = queues.iter().map(|q| q["rx"].as_u64().unwrap()).sum();
+    assert!(rx >= 20 * 3, "the workers received the flows: {st}");
+    let vip = st["vips"].as_array().unwrap().iter().find(|v| v["vip"] == target.as_str()).unwrap();
+    assert_eq!(vip["new_flows"], 20, "{vip}");
+    drop(agent);
+    let out = vipr(&["status", "--instance", "e2e-opx"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not running"),
+        "stopped with the agent"
+    );
+}

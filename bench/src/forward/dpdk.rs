@@ -1,6 +1,7 @@
 //! vipr's DPDK dataplane as a peer of the forward suite (the `dpdk` feature): the
 //! poll-mode engine (vipr-poll) on DPDK `net_af_packet` ports, one per veth of the router
-//! namespace (RX rings of 4096 frames), `--no-huge`, one worker.
+//! namespace (RX rings of 4096 frames), `--no-huge`, one busy-polling worker on the
+//! last core (as the AF_XDP peer's).
 //!
 //! af_packet is a packet socket: the router namespace's kernel still receives every
 //! frame (and is told to drop it: forwarding off), and each frame is copied between
@@ -115,11 +116,13 @@ pub(super) fn samples(
         conntrack_capacity: 1 << 18,
         batch: 64,
         clock: Clock::Monotonic,
-        // Busy-polls while frames come; sleeps between measurements, so the worker's
-        // CPU time is what forwarding took.
-        idle_sleep: Some(Duration::from_micros(20)),
+        // A dedicated core, busy-polling, as for the AF_XDP peer.
+        idle_sleep: None,
     };
-    let engine = Engine::start(dpdk.plans(&[None])?, &shared, options)?;
+    // The worker owns the last core; the generator is left to the scheduler.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let core = (cpus > 1).then_some(cpus - 1);
+    let engine = Engine::start(dpdk.plans(&[core])?, &shared, options)?;
     let tid = engine.worker_tids()[0];
     let mut out = Vec::new();
     let result = (|| -> Result<()> {

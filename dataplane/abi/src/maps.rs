@@ -59,6 +59,11 @@ pub const ALL: [&str; 13] = [
 
 /// `BPF_F_INNER_MAP`: inner array maps of one outer map may differ in size.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// `BPF_F_MMAPABLE`: userspace may map the array's memory and write it directly.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Rings: of any size in one outer map, and written by the control plane through a
+/// memory mapping (a 1009-slot ring is a memcpy, not 1009 element updates).
+pub const RING_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 /// `BPF_F_NO_PREALLOC`, which LPM tries require.
 pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use vipr_abi::maps::{BPF_F_INNER_MAP, DEFAULT_CONNTRACK_FLOWS, MAX_NEXT_HOPS, MAX_SOURCE_RANGES};
+use vipr_abi::maps::{DEFAULT_CONNTRACK_FLOWS, MAX_NEXT_HOPS, MAX_SOURCE_RANGES, RING_MAP_FLAGS};
 use vipr_abi::{
     drop, AffinityEntry, AffinityKey, BackendInfo, FlowEntry, FlowKey, NextHopKey, NextHopValue,
     Settings, SourceRangeKey, Stats, VipAddrKey, VipInfo, VipKey, DEFAULT_RING_MAX, MAX_BACKENDS,
@@ -18,9 +18,10 @@ const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
 const CONNTRACK_FLOWS: usize = DEFAULT_CONNTRACK_FLOWS as usize;
 
 /// A ring: `[M, slot 0, .., slot M-1]`. `BPF_F_INNER_MAP` lets the outer map hold rings
-/// of any size; this declaration's size only shapes the template the loader creates.
+/// of any size (this declaration's size only shapes the template the loader creates);
+/// `BPF_F_MMAPABLE` lets the control plane write them through a memory mapping.
 pub type Ring =
-    Array<u32, { (RING_HEADER_SLOTS + DEFAULT_RING_MAX) as usize }, { BPF_F_INNER_MAP as usize }>;
+    Array<u32, { (RING_HEADER_SLOTS + DEFAULT_RING_MAX) as usize }, { RING_MAP_FLAGS as usize }>;
 
 #[btf_map]
 pub static VIPS: HashMap<VipKey, VipInfo, VIPS_MAX> = HashMap::new();

@@ -49,7 +49,7 @@ pub trait Queue {
     fn pool_id(&self) -> Option<u64>;
     /// How the driver runs, for stats: `"zero-copy"`, `"copy"`, `"dpdk"`, `"memory"`.
     fn mode(&self) -> &'static str;
-    /// Size of one buffer: the longest frame `set_len` accepts.
+    /// Size of one buffer: no frame is longer.
     fn capacity(&self) -> usize;
 
     /// Receives up to `pkts.len()` frames into `pkts`; returns how many.
@@ -60,7 +60,8 @@ pub trait Queue {
     /// The frame's bytes, `pkt.len` long. `pkt` must be a handle the engine holds
     /// from this queue (or from one with the same `pool_id`).
     fn data(&mut self, pkt: &Pkt) -> &mut [u8];
-    /// Sets the frame's length; `false` (and no change) when `len > capacity()`.
+    /// Sets the frame's length; `false` (and no change) when the buffer cannot hold
+    /// `len` bytes (never more than `capacity()`, less if the frame starts at an offset).
     fn set_len(&mut self, pkt: &mut Pkt, len: usize) -> bool;
     /// Queues the first `n` of `pkts` for transmission and returns `n`; the driver owns
     /// those from now on. `pkts[n..]` stay the engine's.

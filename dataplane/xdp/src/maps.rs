@@ -26,9 +26,11 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Stats>,
     /// Entries the conntrack map holds (two a flow).
     conntrack_capacity: u32,
-    /// A second descriptor of `RINGS`: aya's handle does not lend its own, and batch
-    /// updates need one.
+    /// Second descriptors of `RINGS`, `VIPS` and `BACKENDS`: aya's handles do not lend
+    /// their own, and batch updates need one.
     rings_fd: std::os::fd::OwnedFd,
+    vips_fd: std::os::fd::OwnedFd,
+    backends_fd: std::os::fd::OwnedFd,
 }
 
 /// Conntrack occupancy as `vipr status` shows it.
@@ -74,6 +76,28 @@ impl Maps {
             }
             _ => return Err(Error::MissingMap { map: names::RINGS }),
         };
+        let backends = get(names::BACKENDS)?;
+        let backends_fd = match &backends {
+            Map::Array(d) => {
+                use std::os::fd::AsFd;
+                d.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?
+            }
+            _ => return Err(Error::MissingMap { map: names::BACKENDS }),
+        };
+        let vips = get(names::VIPS)?;
+        let vips_fd = match &vips {
+            Map::HashMap(d) => {
+                use std::os::fd::AsFd;
+                d.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Io { path: names::VIPS.into(), source })?
+            }
+            _ => return Err(Error::MissingMap { map: names::VIPS }),
+        };
         let conntrack = get(names::CONNTRACK)?;
         let conntrack_capacity = match &conntrack {
             Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
@@ -81,11 +105,13 @@ impl Maps {
         };
         Ok(Maps {
             conntrack_capacity,
-            vips: typed(names::VIPS, get(names::VIPS)?)?,
+            vips: typed(names::VIPS, vips)?,
+            vips_fd,
             vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
             rings: typed(names::RINGS, rings)?,
             rings_fd,
-            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
+            backends: typed(names::BACKENDS, backends)?,
+            backends_fd,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
             conntrack: typed(names::CONNTRACK, conntrack)?,
@@ -143,6 +169,17 @@ impl Maps {
             self.backend_stats.set(i, zero_stats(), 0).map_err(map_err(names::BACKEND_STATS))?;
         }
         Ok(())
+    }
+
+    /// The descriptors of the `VIPS` and `BACKENDS` maps, for batch updates.
+    pub(crate) fn vips_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.vips_fd.as_fd()
+    }
+
+    pub(crate) fn backends_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.backends_fd.as_fd()
     }
 
     /// The descriptor of the `RINGS` outer map, for batch updates.

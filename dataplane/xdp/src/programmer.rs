@@ -7,8 +7,9 @@
 //! before the VIPs that use them; removals last. A new ring goes into an inner map filled
 //! aside and swapped into `RINGS` (all of one call's swaps in one update: each update of
 //! an array of maps waits for an RCU grace period). A changed ring that fits the inner
-//! map this programmer made for its VIP is rewritten in place instead (`rewrite_ring`):
-//! no grace period, so one endpoint change costs microseconds in the kernel.
+//! map this programmer made for its VIP is rewritten in place instead
+//! (`InnerRing::write`): no grace period, so one endpoint change costs microseconds.
+//! Rings are written through a memory mapping of the inner map (`BPF_F_MMAPABLE`).
 
 use crate::sys;
 use crate::{map_err, Error, Limits, Maps, Result};
@@ -16,7 +17,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::MapData;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
@@ -50,6 +51,11 @@ impl Programmer {
         Programmer::default()
     }
 
+    /// Kernel memory of the rings this programmer made (their values and headroom).
+    pub fn ring_bytes(&self) -> usize {
+        self.rings.values().map(InnerRing::bytes).sum()
+    }
+
     /// The snapshot the maps hold, if this programmer wrote it.
     pub fn programmed(&self) -> Option<&Tables> {
         self.programmed.as_ref()
@@ -80,15 +86,19 @@ impl Programmer {
                 &read_backends
             }
         };
-        let len = t.backends.len().max(prev_backends.len());
+        let len = t.backends.len().max(prev_backends.len()).min(limits.backends as usize);
+        let (mut ids, mut infos) = (Vec::new(), Vec::new());
         for id in 0..len {
             let new = t.backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
             let old = prev_backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
-            if new != old && id < limits.backends as usize {
-                maps.backends.set(id as u32, new, 0).map_err(map_err(names::BACKENDS))?;
-                report.backends_written += 1;
+            if new != old {
+                ids.push(id as u32);
+                infos.push(new);
             }
         }
+        sys::update_batch(maps.backends_fd(), &ids, &infos)
+            .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?;
+        report.backends_written = ids.len();
 
         // Rings, then VIPs.
         // What each VIP had: from the last snapshot, or (after a restart) from the maps.
@@ -114,27 +124,26 @@ impl Programmer {
             }
             report.rings_written += 1;
             let id = vip.info.vip_id;
-            match self.rings.get(&id) {
-                Some(r) if r.capacity as usize >= vip.ring.len() => {
-                    rewrite_ring(r.fd.as_fd(), &vip.ring)
-                        .map_err(|source| Error::Ring { vip_id: id, source })?;
-                }
+            match self.rings.get_mut(&id) {
+                Some(r) if r.capacity as usize >= vip.ring.len() => r.write(id, &vip.ring)?,
                 _ => {
                     let capacity = ring_capacity(vip.ring.len(), vip.spec.ring_max);
-                    rings.push((id, new_ring(id, &vip.ring, capacity)?, capacity));
+                    rings.push((id, InnerRing::new(id, &vip.ring, capacity)?));
                 }
             }
         }
         swap_rings(maps, &rings)?;
-        for (id, fd, capacity) in rings {
-            self.rings.insert(id, InnerRing { fd, capacity });
-        }
+        self.rings.extend(rings);
+        let (mut keys, mut infos) = (Vec::new(), Vec::new());
         for (key, vip) in &t.vips {
             if prev_vip(key).map(|(info, _)| info) != Some(vip.info) {
-                maps.vips.insert(key, vip.info, 0).map_err(map_err(names::VIPS))?;
-                report.vips_written += 1;
+                keys.push(*key);
+                infos.push(vip.info);
             }
         }
+        sys::update_batch(maps.vips_fd(), &keys, &infos)
+            .map_err(|source| Error::Io { path: names::VIPS.into(), source })?;
+        report.vips_written = keys.len();
 
         // Source ranges: the VIPs that use them are in place; new ranges before
         // removals, so a VIP whose ranges change never denies everyone in between.
@@ -218,59 +227,65 @@ const EMPTY_BACKEND: BackendInfo =
     BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
 
 /// An inner ring map this programmer made, and how many slots it has room for.
-#[derive(Debug)]
 struct InnerRing {
     fd: OwnedFd,
     capacity: u32,
 }
 
 /// Slots for a ring of `len` (header included): a quarter more, so a VIP that gains a
-/// backend or two is rewritten in place rather than swapped (see `rewrite_ring`).
+/// backend or two is rewritten in place rather than swapped (see `InnerRing::write`).
 fn ring_capacity(len: usize, ring_max: u32) -> u32 {
     let most = ring_max as usize + RING_HEADER_SLOTS as usize;
     (len + len / 4).min(most).max(len) as u32
 }
 
-/// A new inner map of `capacity` slots filled with `ring` (one batch call), not yet
-/// visible to packets.
-fn new_ring(vip_id: u32, ring: &[u32], capacity: u32) -> Result<OwnedFd> {
-    let ring_err = |source| Error::Ring { vip_id, source };
-    let fd =
-        sys::create_u32_array("vipr_ring", capacity, names::BPF_F_INNER_MAP).map_err(ring_err)?;
-    sys::fill_u32_array(fd.as_fd(), ring).map_err(ring_err)?;
-    Ok(fd)
-}
+impl InnerRing {
+    /// A new inner map of `capacity` slots holding `ring`, not yet visible to packets.
+    fn new(vip_id: u32, ring: &[u32], capacity: u32) -> Result<Self> {
+        let fd = sys::create_u32_array("vipr_ring", capacity, names::RING_MAP_FLAGS)
+            .map_err(|source| Error::Ring { vip_id, source })?;
+        let r = InnerRing { fd, capacity };
+        r.write(vip_id, ring)?;
+        Ok(r)
+    }
 
-/// Writes `ring` over the live inner map `fd` with one batch call: the slots first, the
-/// header (M) last. A packet meanwhile reads each slot old or new, which is the same as
-/// the update landing a moment earlier or later for its flow; every slot always holds a
-/// backend of the old or the new set, and a larger M is only published once its slots
-/// are written. Unlike a swap in the outer array of maps, this waits for no RCU grace
-/// period, so one change costs microseconds instead of milliseconds (Katran updates its
-/// rings in place the same way).
-fn rewrite_ring(fd: BorrowedFd<'_>, ring: &[u32]) -> std::io::Result<()> {
-    let header = RING_HEADER_SLOTS as usize;
-    let keys: Vec<u32> = (header as u32..ring.len() as u32).chain(0..header as u32).collect();
-    let values: Vec<u32> = ring[header..].iter().chain(&ring[..header]).copied().collect();
-    sys::update_u32_batch(fd, &keys, &values)
+    /// Writes `ring` through a mapping of the map's memory (mapped only meanwhile, so
+    /// the rings do not count against the agent's RSS): the slots first, the header
+    /// (M) last. On a live ring, a packet meanwhile reads each slot old or new, which is
+    /// the same as the update landing a moment earlier or later for its flow; every slot
+    /// always holds a backend of the old or the new set, and a larger M is only
+    /// published once its slots are written. Unlike a swap in the outer array of maps,
+    /// this waits for no RCU grace period: one change costs microseconds, not
+    /// milliseconds (Katran updates its rings in place too).
+    fn write(&self, vip_id: u32, ring: &[u32]) -> Result<()> {
+        let mut memory = sys::U32ArrayMemory::map(self.fd.as_fd(), self.capacity)
+            .map_err(|source| Error::Ring { vip_id, source })?;
+        memory.write_ring(ring, RING_HEADER_SLOTS as usize);
+        Ok(())
+    }
+
+    /// Kernel memory of the map's values: 8 bytes a slot (the array stride), whole pages.
+    fn bytes(&self) -> usize {
+        (self.capacity as usize * 8).div_ceil(4096) * 4096
+    }
 }
 
 /// Swaps new rings into their VIPs' `RINGS` slots: a packet sees a VIP's old ring or its
 /// new one, never half of one. Every update of an array of maps waits for running
 /// programs to finish (an RCU grace period, milliseconds); one batch update waits once
 /// for all of them, which turns a cold start of 10k rings from minutes into a moment.
-fn swap_rings(maps: &mut Maps, rings: &[(u32, OwnedFd, u32)]) -> Result<()> {
+fn swap_rings(maps: &mut Maps, rings: &[(u32, InnerRing)]) -> Result<()> {
     if rings.is_empty() {
         return Ok(());
     }
-    let keys: Vec<u32> = rings.iter().map(|(id, _, _)| *id).collect();
-    let fds: Vec<u32> = rings.iter().map(|(_, fd, _)| fd.as_raw_fd() as u32).collect();
+    let keys: Vec<u32> = rings.iter().map(|(id, _)| *id).collect();
+    let fds: Vec<u32> = rings.iter().map(|(_, r)| r.fd.as_raw_fd() as u32).collect();
     if sys::update_u32_batch(maps.rings_fd(), &keys, &fds).is_ok() {
         return Ok(());
     }
     // Kernels without batch updates of arrays of maps: one entry at a time.
-    for (vip_id, fd, _) in rings {
-        let dup = fd.try_clone().map_err(|source| Error::Ring { vip_id: *vip_id, source })?;
+    for (vip_id, ring) in rings {
+        let dup = ring.fd.try_clone().map_err(|source| Error::Ring { vip_id: *vip_id, source })?;
         let inner = MapData::from_fd(dup).map_err(map_err(names::RINGS))?;
         maps.rings.set(*vip_id, &inner, 0).map_err(map_err(names::RINGS))?;
     }

@@ -1,6 +1,6 @@
-//! The bpf(2) calls aya 0.14 does not offer: creating a ring's inner array map, filling
-//! it with one `BPF_MAP_UPDATE_BATCH` call instead of one syscall per slot (a ring of
-//! 1009 slots is one call, not 1009), and swapping many rings into the outer map at once.
+//! The bpf(2) calls aya 0.14 does not offer: creating a ring's inner array map, mapping
+//! its memory to write it directly, and swapping many rings into the outer map at once
+//! (`BPF_MAP_UPDATE_BATCH`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -66,17 +66,24 @@ pub fn create_u32_array(name: &str, entries: u32, flags: u32) -> io::Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Writes `values[i]` at index `i` of a u32 array map, in one call.
-pub fn fill_u32_array(map: BorrowedFd<'_>, values: &[u32]) -> io::Result<()> {
-    let keys: Vec<u32> = (0..values.len() as u32).collect();
-    update_u32_batch(map, &keys, values)
-}
-
 /// Writes `values[i]` under `keys[i]` of a map with u32 keys and values (an array, or an
 /// array of maps whose values are inner map descriptors), in one call. For an array of
 /// maps that is also one wait for running programs (Linux 6.8) instead of one an entry.
 pub fn update_u32_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    update_batch(map, keys, values)
+}
+
+/// Writes `values[i]` under `keys[i]` in one call; `K` and `V` must be the map's key and
+/// value types (`#[repr(C)]`, their sizes the map's).
+pub fn update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
     assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -87,10 +94,90 @@ pub fn update_u32_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     if attr.count as usize != values.len() {
         return Err(io::Error::other(format!(
-            "batch update wrote {} of {} slots",
+            "batch update wrote {} of {} entries",
             attr.count,
             values.len()
         )));
     }
     Ok(())
+}
+
+/// The memory of a `BPF_F_MMAPABLE` u32 array map, mapped shared: what is written here
+/// is what programs read. The kernel lays array values out 8 bytes apart (each rounded up
+/// to 8), so slot `i` is at byte `8 * i`.
+pub struct U32ArrayMemory {
+    ptr: std::ptr::NonNull<u32>,
+    entries: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; writes go through
+// `&mut self`.
+unsafe impl Send for U32ArrayMemory {}
+unsafe impl Sync for U32ArrayMemory {}
+
+impl U32ArrayMemory {
+    /// Maps the `entries` slots of the mmapable u32 array `map`.
+    pub fn map(map: BorrowedFd<'_>, entries: u32) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (entries as usize * ARRAY_STRIDE).div_ceil(page) * page;
+        // SAFETY: a new shared mapping of the map's fd; the kernel checks the length
+        // and that the map is mmapable.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null");
+        Ok(U32ArrayMemory { ptr, entries: entries as usize, len })
+    }
+
+    /// Writes `ring` from slot `header` on, then slots `0..header` (the header, M), so a
+    /// program that reads M finds its slots written. Each slot is one aligned 32-bit
+    /// store, which programs read whole.
+    pub fn write_ring(&mut self, ring: &[u32], header: usize) {
+        assert!(
+            ring.len() <= self.entries,
+            "a ring of {} slots in a map of {}",
+            ring.len(),
+            self.entries
+        );
+        for (i, v) in ring.iter().enumerate().skip(header) {
+            // SAFETY: i < entries, inside the mapping; a volatile store so it is not elided.
+            unsafe { self.slot(i).write_volatile(*v) };
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        for (i, v) in ring.iter().enumerate().take(header) {
+            // SAFETY: as above.
+            unsafe { self.slot(i).write_volatile(*v) };
+        }
+    }
+}
+
+impl U32ArrayMemory {
+    /// Slot `i` of the mapping; `i < entries`.
+    fn slot(&self, i: usize) -> *mut u32 {
+        debug_assert!(i < self.entries);
+        // SAFETY (of the callers' use): i < entries keeps 8 * i inside the mapping.
+        self.ptr.as_ptr().wrapping_add(i * ARRAY_STRIDE / 4)
+    }
+}
+
+/// Bytes between two values of a BPF array map (`round_up(value_size, 8)`).
+const ARRAY_STRIDE: usize = 8;
+
+impl Drop for U32ArrayMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }

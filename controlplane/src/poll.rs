@@ -1,0 +1,174 @@
+//! The poll-mode dataplanes (AF_XDP, and DPDK in a `--features dpdk` build) behind the
+//! agent's [`Dataplane`] trait: programming stores a new table snapshot that every
+//! worker picks up at its next batch (an atomic swap, no lock on the packet path).
+
+use crate::dataplane::{Dataplane, Flow, QueueStatus, Snapshot};
+use anyhow::{bail, Result};
+use vipr_config::{Config, DataplaneKind};
+use vipr_dataplane::pipeline::SharedTables;
+use vipr_dataplane::tables::Tables;
+use vipr_poll::Engine;
+use vipr_xdp::ProgramReport;
+
+pub struct PollDataplane {
+    kind: DataplaneKind,
+    tables: SharedTables,
+    programmed: Option<Tables>,
+    engine: Option<Engine>,
+    conntrack_capacity: u32,
+    /// Interface names by ifindex, for the queue counters.
+    names: Vec<(u32, String)>,
+}
+
+impl PollDataplane {
+    pub fn new(cfg: &Config) -> Self {
+        PollDataplane {
+            kind: cfg.dataplane,
+            tables: SharedTables::default(),
+            programmed: None,
+            engine: None,
+            conntrack_capacity: cfg.conntrack.capacity,
+            names: Vec::new(),
+        }
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+impl Dataplane for PollDataplane {
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            DataplaneKind::Dpdk => "dpdk",
+            _ => "afxdp",
+        }
+    }
+
+    fn attach_mode(&self) -> String {
+        let mut modes: Vec<&str> = self
+            .engine
+            .as_ref()
+            .map(|e| e.queue_stats().iter().map(|q| q.mode).collect())
+            .unwrap_or_default();
+        modes.sort_unstable();
+        modes.dedup();
+        if modes.is_empty() {
+            "not started".into()
+        } else {
+            modes.join("+")
+        }
+    }
+
+    fn start(&mut self, cfg: &Config) -> Result<()> {
+        let mut options = vipr_poll::EngineOptions::default();
+        options.conntrack_capacity = cfg.conntrack.capacity as usize;
+        self.names = cfg.interfaces.iter().map(|i| (ifindex(&i.name), i.name.clone())).collect();
+        let engine = match cfg.dataplane {
+            DataplaneKind::Afxdp => {
+                let interfaces = cfg
+                    .interfaces
+                    .iter()
+                    .map(|i| vipr_poll::afxdp::AfxdpInterface {
+                        name: i.name.clone(),
+                        attach: match i.attach {
+                            vipr_config::AttachMode::Native => vipr_xdp::AttachMode::Native,
+                            vipr_config::AttachMode::Generic => vipr_xdp::AttachMode::Generic,
+                        },
+                        queues: i.queues.clone(),
+                        cores: i.cores.clone(),
+                    })
+                    .collect();
+                let mut config = vipr_poll::afxdp::AfxdpConfig::new(interfaces);
+                config.engine = options;
+                vipr_poll::afxdp::start(config, &self.tables)?
+            }
+            #[cfg(feature = "dpdk")]
+            DataplaneKind::Dpdk => crate::poll_dpdk::start(cfg, options, &self.tables)?,
+            #[cfg(not(feature = "dpdk"))]
+            DataplaneKind::Dpdk => bail!(
+                "this vipr was built without DPDK; build it with `cargo build --release \
+                 --features dpdk` (needs libdpdk-dev)"
+            ),
+            DataplaneKind::Xdp => bail!("the XDP dataplane is not a poll-mode one"),
+        };
+        self.engine = Some(engine);
+        Ok(())
+    }
+
+    fn program(&mut self, tables: &Tables) -> Result<ProgramReport> {
+        self.tables.store(tables.clone());
+        let rings_written = match &self.programmed {
+            Some(p) => tables
+                .vips
+                .iter()
+                .filter(|(k, v)| {
+                    p.vips.get(*k).is_none_or(|o| !std::sync::Arc::ptr_eq(&o.ring, &v.ring))
+                })
+                .count(),
+            None => tables.vips.len(),
+        };
+        let report = ProgramReport {
+            vips_written: rings_written,
+            vips_removed: self
+                .programmed
+                .as_ref()
+                .map_or(0, |p| p.vips.keys().filter(|k| !tables.vips.contains_key(*k)).count()),
+            rings_written,
+            backends_written: tables.backends.iter().filter(|b| b.family != 0).count(),
+            ..ProgramReport::default()
+        };
+        self.programmed = Some(tables.clone());
+        Ok(report)
+    }
+
+    fn programmed(&self) -> Option<&Tables> {
+        self.programmed.as_ref()
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let Some(engine) = &self.engine else { bail!("the poll-mode engine is not running") };
+        let tables = self.programmed.clone().unwrap_or_default();
+        let mut s = crate::dataplane::tables_snapshot(&tables, engine.counters());
+        s.conntrack_flows = engine.conntrack_flows();
+        s.conntrack_entries = s.conntrack_flows;
+        s.conntrack_capacity = self.conntrack_capacity;
+        s.queues = engine
+            .queue_stats()
+            .iter()
+            .map(|q| QueueStatus {
+                interface: self
+                    .names
+                    .iter()
+                    .find(|(i, _)| *i == q.ifindex)
+                    .map_or_else(|| format!("ifindex {}", q.ifindex), |(_, n)| n.clone()),
+                queue: q.queue_id,
+                rx: q.rx,
+                tx: q.tx,
+                drops: q.drops,
+                busy: q.busy_share(),
+            })
+            .collect();
+        Ok(s)
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>> {
+        bail!(
+            "listing flows is not available for the {} dataplane: each worker's conntrack \
+             is private to its core; `vipr status` shows how many there are",
+            self.kind()
+        )
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some(engine) = self.engine.take() {
+            let report = engine.stop()?;
+            if report.leaked() > 0 {
+                bail!("{} frames were still in flight when the workers stopped", report.leaked());
+            }
+        }
+        Ok(())
+    }
+}
