@@ -63,8 +63,10 @@ impl Dataplane for PollDataplane {
     }
 
     fn start(&mut self, cfg: &Config) -> Result<()> {
-        let mut options = vipr_poll::EngineOptions::default();
-        options.conntrack_capacity = cfg.conntrack.capacity as usize;
+        let options = vipr_poll::EngineOptions {
+            conntrack_capacity: cfg.conntrack.capacity as usize,
+            ..Default::default()
+        };
         self.names = cfg.interfaces.iter().map(|i| (ifindex(&i.name), i.name.clone())).collect();
         let engine = match cfg.dataplane {
             DataplaneKind::Afxdp => {
