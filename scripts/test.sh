@@ -20,6 +20,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p vipr-k8s --features live --all-targets --locked -- -D warnings
 cargo clippy -p vipr --features dpdk --all-targets --locked -- -D warnings
+cargo clippy -p vipr-bench --features dpdk --all-targets --locked -- -D warnings
 
 step "cargo test (unit, property, fixtures in userspace and in the kernel, end to end)"
 cargo test --workspace --locked 2>&1 | tee -a target/test.log
@@ -37,7 +38,7 @@ step "fuzz the pipeline for ${FUZZ_SECONDS:-30} s"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 step "benchmark smoke run"
-cargo run -q -p vipr-bench --locked -- --smoke >/dev/null
+cargo run -q -p vipr-bench --features dpdk --locked -- --smoke >/dev/null
 cargo run -q -p vipr-bench --locked -- --smoke forward --tcp --ipv6 >/dev/null
 
 # One closing line for CI: the sum over every test binary.

@@ -624,6 +624,7 @@ fn afxdp_samples(
     if report.leaked() != 0 {
         bail!("the AF_XDP engine leaked frames: {:?}", report.outstanding);
     }
+
     Ok(out)
 }
 

@@ -79,8 +79,10 @@ pub fn start(k: &KubernetesConfig, instance: &str, pools: Vec<Pool>) -> Result<K
 }
 
 async fn serve(k: KubernetesConfig, cfg: LiveConfig, pools: Vec<Pool>, tx: mpsc::Sender<Update>) {
-    let mut pause = Duration::from_millis(500);
+    const FIRST_PAUSE: Duration = Duration::from_millis(500);
+    let mut pause = FIRST_PAUSE;
     loop {
+        let started = std::time::Instant::now();
         let client =
             live::client(k.api_server.as_deref(), k.token_file.as_deref(), k.ca_file.as_deref())
                 .await;
@@ -103,6 +105,10 @@ async fn serve(k: KubernetesConfig, cfg: LiveConfig, pools: Vec<Pool>, tx: mpsc:
         };
         if let Err(e) = result {
             tracing::warn!("kubernetes source: {e}; retrying in {pause:?}");
+        }
+        // A source that ran for a while failed afresh: start the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = FIRST_PAUSE;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(10));

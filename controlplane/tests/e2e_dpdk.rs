@@ -41,10 +41,6 @@ use vipr_poll::{Clock, Engine, EngineOptions};
 
 const VIPR: &str = env!("CARGO_BIN_EXE_vipr");
 
-/// The EAL arguments of every test in this binary: no hugepages, no PCI scan, no shared
-/// files (so other DPDK processes, such as another test binary, never meet this one).
-const EAL_ARGS: &str = r#"["--no-huge", "--no-pci", "-m", "256", "--no-shconf", "--file-prefix=vipr-e2e-dpdk", "-l", "0"]"#;
-
 /// This thread inside a network namespace until dropped.
 struct InNetns {
     home: File,
@@ -89,8 +85,15 @@ fn config_text(tb: &Testbed, name: &str, backends: &[usize]) -> String {
         .enumerate()
         .map(|(i, dev)| format!("\"net_af_packet_{name}{i},iface={dev}\""))
         .collect();
+    // The same EAL arguments for every test of this binary (one EAL per process): no
+    // hugepages, no PCI scan, no shared files.
+    let eal_args: Vec<String> = vipr_dpdk::eal::no_hardware_args("vipr-e2e-dpdk")
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
     let dpdk = format!(
-        "dpdk:\n  eal_args: {EAL_ARGS}\n  ports: [{}]\n  mbufs: 8191\nsnat:",
+        "dpdk:\n  eal_args: [{}]\n  ports: [{}]\n  mbufs: 8191\nsnat:",
+        eal_args.join(", "),
         ports.join(", ")
     );
     xdp.replace("dataplane: xdp", "dataplane: dpdk")

@@ -16,9 +16,6 @@ use vipr_dataplane::tables::{NextHop, NextHopSpec};
 use vipr_dpdk::{Dpdk, Eal};
 use vipr_poll::{Clock, Engine, EngineOptions};
 
-const EAL_ARGS: [&str; 8] =
-    ["--no-huge", "--no-pci", "-m", "512", "--no-shconf", "--file-prefix=vipr-bench", "-l", "0"];
-
 /// The router namespace's kernel made quiet for the DPDK run (it sees the same frames
 /// through the packet sockets), and made a router again afterwards.
 struct Quiet {
@@ -73,7 +70,7 @@ pub(super) fn samples(
     targets: [(&'static str, (IpAddr, u16)); 2],
 ) -> Result<Vec<Sample>> {
     let lb = bed.tb.lb_ns();
-    let eal_args: Vec<String> = EAL_ARGS.iter().map(|s| s.to_string()).collect();
+    let eal_args = vipr_dpdk::eal::no_hardware_args("vipr-bench");
     // The EAL from this thread's own namespace (its threads stay there), once a process.
     Eal::init(&eal_args)?;
     let cfg = vipr_config::DpdkConfig {

@@ -100,6 +100,32 @@ impl Drop for Registration {
     }
 }
 
+/// EAL arguments for a process without DPDK hardware (tests, benchmarks, af_packet on
+/// veths): no hugepages, no PCI scan, no shared files (so DPDK processes started at the
+/// same time never meet), `file_prefix` naming the (empty) runtime folder, and the
+/// main lcore on the first CPU this process may run on.
+pub fn no_hardware_args(file_prefix: &str) -> Vec<String> {
+    let first_cpu = current_affinity()
+        .and_then(|set| {
+            // SAFETY: CPU_ISSET reads inside a valid cpu_set_t.
+            (0..libc::CPU_SETSIZE as usize).find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        })
+        .unwrap_or(0);
+    [
+        "--no-huge",
+        "--no-pci",
+        "-m",
+        "256",
+        "--no-shconf",
+        &format!("--file-prefix={file_prefix}"),
+        "-l",
+        &first_cpu.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// The calling thread's DPDK lcore id: `Some` for EAL threads and registered threads.
 pub fn current_lcore() -> Option<u32> {
     // SAFETY: reads a thread-local integer.

@@ -8,12 +8,7 @@ use vipr_dpdk::{DpdkQueue, Eal, Error, KernelPath, Mempool, Port, PortOptions, R
 use vipr_poll::{Pkt, Queue};
 
 fn eal_args() -> Vec<String> {
-    // --no-shconf: no shared files and no multi-process channel, so test binaries
-    // running at the same time do not meet; the prefix names the (empty) runtime folder.
-    ["--no-huge", "--no-pci", "-m", "128", "--no-shconf", "--file-prefix=vipr-test", "-l", "0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    vipr_dpdk::eal::no_hardware_args("vipr-test")
 }
 
 fn eal() -> &'static Eal {

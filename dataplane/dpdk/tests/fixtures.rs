@@ -21,11 +21,7 @@ use vipr_fixtures::{cases, run_case, Dataplane};
 use vipr_poll::{Clock, Engine, EngineOptions, WorkerPlan};
 
 fn eal() -> &'static Eal {
-    let args: Vec<String> =
-        ["--no-huge", "--no-pci", "-m", "128", "--no-shconf", "--file-prefix=vipr-test", "-l", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let args = vipr_dpdk::eal::no_hardware_args("vipr-test");
     Eal::init(&args).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -80,6 +80,18 @@ impl FrameAccounting {
     }
 }
 
+/// What the kernel counted for one socket: frames it could not deliver to us.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Dropped for any reason (the two below among them).
+    pub rx_dropped: u64,
+    /// Dropped because the RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty: u64,
+    pub invalid_descs: u64,
+}
+
 /// The UMEM's memory: an anonymous mapping, unmapped after the socket is closed.
 struct Area {
     ptr: NonNull<u8>,
@@ -286,6 +298,19 @@ impl XskQueue {
         self.frames.accounting()
     }
 
+    /// The kernel's counters of this socket (XDP_STATISTICS).
+    pub fn socket_stats(&self) -> Result<SocketStats> {
+        let s = self.fq_cq.statistics_v2().map_err(|e| {
+            anyhow!("XDP_STATISTICS of ifindex {} queue {}: {e}", self.ifindex, self.queue_id)
+        })?;
+        Ok(SocketStats {
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+            invalid_descs: s.rx_invalid_descs + s.tx_invalid_descs,
+        })
+    }
+
     /// Puts free frames (all but the reserve) into the fill ring.
     fn refill(&mut self) {
         let spare = self.frames.free.len().saturating_sub(self.reserve) as u32;
@@ -347,28 +372,24 @@ impl Queue for XskQueue {
     }
 
     fn rx_burst(&mut self, pkts: &mut [Pkt]) -> usize {
+        let frame_size = self.frame_size as u64;
+        let frames = &mut self.frames;
         let mut r = self.rx.receive(pkts.len() as u32);
-        let mut descs = [XdpDesc::default(); 256];
-        let mut got = 0;
-        while got < pkts.len().min(descs.len()) {
-            let Some(d) = r.read() else { break };
-            descs[got] = d;
-            got += 1;
-        }
-        r.release();
-        drop(r);
         let mut n = 0;
-        for d in &descs[..got] {
-            let offset = d.addr % self.frame_size as u64;
-            let in_bounds = offset + d.len as u64 <= self.frame_size as u64;
-            if !in_bounds || self.frames.state_of(d.addr) != Some(Frame::Fill) {
-                self.frames.counts.violations += 1;
+        while n < pkts.len() {
+            let Some(d) = r.read() else { break };
+            // The kernel's descriptor is checked before the frame is touched: inside one
+            // frame of our UMEM, and a frame we gave the kernel to fill.
+            let in_bounds = d.addr % frame_size + d.len as u64 <= frame_size;
+            if !in_bounds || frames.state_of(d.addr) != Some(Frame::Fill) {
+                frames.counts.violations += 1;
                 continue;
             }
-            self.frames.set(d.addr, Frame::Fill, Frame::Engine);
+            frames.set(d.addr, Frame::Fill, Frame::Engine);
             pkts[n] = Pkt { raw: d.addr, len: d.len };
             n += 1;
         }
+        r.release();
         n
     }
 

@@ -501,6 +501,8 @@ fn af_xdp_frames_are_always_in_exactly_one_place() {
     assert!(echoed > 0);
     assert!(end.balanced(), "{end:?}");
     assert_eq!((end.tx, end.engine, end.violations), (0, 0, 0), "{end:?}");
+    let kernel = q.socket_stats().expect("XDP_STATISTICS");
+    assert_eq!(kernel.invalid_descs, 0, "the kernel refused descriptors we gave it: {kernel:?}");
     drop(q);
     steering.set_redirect_all(false).unwrap();
 }

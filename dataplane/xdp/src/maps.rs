@@ -31,6 +31,7 @@ pub struct Maps {
     rings_fd: std::os::fd::OwnedFd,
     vips_fd: std::os::fd::OwnedFd,
     backends_fd: std::os::fd::OwnedFd,
+    conntrack_fd: std::os::fd::OwnedFd,
 }
 
 /// Conntrack occupancy as `vipr status` shows it.
@@ -99,9 +100,17 @@ impl Maps {
             _ => return Err(Error::MissingMap { map: names::VIPS }),
         };
         let conntrack = get(names::CONNTRACK)?;
-        let conntrack_capacity = match &conntrack {
-            Map::LruHashMap(d) | Map::HashMap(d) => d.info().map(|i| i.max_entries()).unwrap_or(0),
-            _ => 0,
+        let (conntrack_capacity, conntrack_fd) = match &conntrack {
+            Map::LruHashMap(d) | Map::HashMap(d) => {
+                use std::os::fd::AsFd;
+                let fd = d
+                    .fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Io { path: names::CONNTRACK.into(), source })?;
+                (d.info().map(|i| i.max_entries()).unwrap_or(0), fd)
+            }
+            _ => return Err(Error::MissingMap { map: names::CONNTRACK }),
         };
         Ok(Maps {
             conntrack_capacity,
@@ -112,6 +121,7 @@ impl Maps {
             rings_fd,
             backends: typed(names::BACKENDS, backends)?,
             backends_fd,
+            conntrack_fd,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
             conntrack: typed(names::CONNTRACK, conntrack)?,
@@ -195,9 +205,19 @@ impl Maps {
         ring.get(&0, 0).ok()
     }
 
-    /// Every conntrack entry (a snapshot; the packet path keeps changing it).
+    /// Every conntrack entry (a snapshot; the packet path keeps changing it), read in
+    /// batches; one entry at a time on kernels without batch lookups of LRU maps.
     pub fn conntrack_entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+        match self.conntrack_batched(4096) {
+            Ok(entries) => entries,
+            Err(_) => self.conntrack.iter().filter_map(|r| r.ok()).collect(),
+        }
+    }
+
+    /// The conntrack read `chunk` entries a syscall.
+    pub fn conntrack_batched(&self, chunk: usize) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
+        use std::os::fd::AsFd;
+        crate::sys::hash_entries(self.conntrack_fd.as_fd(), chunk)
     }
 
     pub fn conntrack_summary(&self) -> ConntrackSummary {

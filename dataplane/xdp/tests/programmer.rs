@@ -1,4 +1,4 @@
-//! The programmer against real BPF maps: a ring that fits its inner map is rewritten in
+//! The programmer against real BPF maps (and the batched conntrack read): a ring that fits its inner map is rewritten in
 //! place (the same kernel map, no swap), one that outgrows it is swapped for a larger
 //! map, and either way the kernel holds exactly the compiled ring. Needs root.
 
@@ -71,4 +71,39 @@ fn a_ring_that_fits_is_rewritten_in_place_and_one_that_outgrows_its_map_is_swapp
     assert_eq!(program(&mut xdp, 9), first, "rewritten in place");
     // 20 backends need M = 2003: more than the map holds, so a new one is swapped in.
     assert_ne!(program(&mut xdp, 20), first, "a larger map");
+}
+
+#[test]
+fn the_conntrack_is_read_in_batches_and_every_entry_comes_back_once() {
+    use std::collections::BTreeSet;
+    use vipr_abi::{FlowEntry, FlowKey};
+    let mut xdp = Xdp::load(Limits { conntrack_flows: 8192, ..Limits::default() }, None).unwrap();
+    let mut want = BTreeSet::new();
+    for i in 0..5000u32 {
+        let mut key = FlowKey::zeroed();
+        key.src[..4].copy_from_slice(&i.to_be_bytes());
+        key.src_port = (i as u16).to_be();
+        key.proto = PROTO_TCP;
+        key.family = vipr_abi::FAMILY_V4;
+        let entry = FlowEntry {
+            last_seen_ns: 1,
+            nat_src: [0; 16],
+            nat_dst: [0; 16],
+            nat_src_port: 0,
+            nat_dst_port: 0,
+            vip_id: 0,
+            backend_id: i,
+            direction: 0,
+            tcp_state: 0,
+            flags: 0,
+            _pad: 0,
+        };
+        xdp.maps.conntrack.insert(key, entry, 0).unwrap();
+        want.insert(i);
+    }
+    // 5000 entries in calls of 1000: the batch token must carry over between calls.
+    let got = xdp.maps.conntrack_batched(1000).expect("batch lookups of an LRU hash");
+    let ids: Vec<u32> = got.iter().map(|(_, e)| e.backend_id).collect();
+    assert_eq!(ids.len(), 5000, "every entry once");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), want);
 }
