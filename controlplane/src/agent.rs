@@ -442,6 +442,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
     let report = agent.program(&cfg, None)?;
     shared.dataplane.lock().unwrap().start(&cfg)?;
+    // Opening DPDK af_packet ports flushes the namespace's neighbour table.
+    agent.neighbors.resync();
     let _admin = admin::serve(shared.clone())?;
     if let Some(listener) = metrics_listener {
         metrics::serve(listener, shared.clone())?;

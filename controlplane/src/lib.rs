@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod model;
 pub mod neighbors;
 pub mod poll;
+#[cfg(feature = "dpdk")]
+pub mod poll_dpdk;
 pub mod probe;
 pub mod simulate;
 pub mod status;

@@ -38,6 +38,14 @@ impl Neighbors {
     /// Makes the next hops of `backends` managed neighbours, and stops managing the ones
     /// no backend needs any more. Problems are reported, never fatal: the kernel path
     /// still resolves `dnat` next hops on its own.
+    /// Makes every entry again, even those made before (after something flushed the
+    /// namespace's neighbour table: opening DPDK af_packet ports does).
+    pub fn resync(&mut self) {
+        let wanted: Vec<IpAddr> = self.managed.iter().map(|(a, _)| *a).collect();
+        self.managed.clear();
+        self.sync(wanted);
+    }
+
     pub fn sync(&mut self, backends: impl IntoIterator<Item = IpAddr>) {
         let wanted: BTreeSet<(IpAddr, String)> =
             backends.into_iter().filter_map(next_hop).collect();

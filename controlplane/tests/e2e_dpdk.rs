@@ -10,7 +10,12 @@
 //! answer with ICMP), forward the backends' replies untranslated. Each test therefore
 //! keeps that kernel quiet before the engine starts:
 //! - IPv4 and IPv6 forwarding off: a frame not addressed to the namespace's own
-//!   addresses is dropped without an answer (forwarding off means no ICMP either);
+//!   addresses is dropped; IPv4 sends no ICMP for it then, and the backends' replies
+//!   (to the clients, which have routes) are dropped silently in both families;
+//! - a blackhole route for the IPv6 VIPs: IPv6 answers a destination it has no route
+//!   for with ICMPv6 "no route" even with forwarding off, and a client's TCP takes that
+//!   as a hard error in SYN_SENT (seen: "Network is unreachable" when the real SYN-ACK
+//!   came second); a blackhole route drops silently;
 //! - the VIPs are on no interface, so nothing local answers them;
 //! - GRO off on the vipr-side veths, so the packet sockets get frames as they were
 //!   sent, never merged into one larger than an mbuf.
@@ -69,6 +74,9 @@ impl Drop for InNetns {
 struct Setup {
     engine: Option<Engine>,
     dpdk: Option<Dpdk>,
+    pool: Arc<Mempool>,
+    /// The backends' neighbours kept resolved by the kernel (as the agent does).
+    neighbors: Option<vipr::neighbors::Neighbors>,
     netns: Option<InNetns>,
     shared: SharedTables,
     compiler: Compiler,
@@ -109,7 +117,19 @@ fn mac_of(tb: &Testbed, ns: &str, dev: &str) -> [u8; 6] {
     bytes.try_into().unwrap()
 }
 
+/// Next hops as the test gives them (read from the namespaces up front), or learned by
+/// the engine's follower from the vipr namespace's kernel.
+#[derive(Clone, Copy, PartialEq)]
+enum Hops {
+    Static,
+    FromTheKernel,
+}
+
 fn setup(name: &str) -> Setup {
+    setup_with(name, Hops::Static)
+}
+
+fn setup_with(name: &str, how: Hops) -> Setup {
     assert!(
         std::fs::read_to_string("/proc/self/status")
             .unwrap()
@@ -122,6 +142,7 @@ fn setup(name: &str) -> Setup {
     let lb = tb.lb_ns();
     tb.ns(&lb, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
     tb.ns(&lb, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]).unwrap();
+    tb.ns(&lb, &["ip", "-6", "route", "add", "blackhole", "2001:db8:f::/64"]).unwrap();
     for dev in tb.lb_interfaces() {
         tb.ns(&lb, &["ethtool", "-K", &dev, "gro", "off"]).unwrap();
     }
@@ -155,13 +176,19 @@ fn setup(name: &str) -> Setup {
             hop: h,
         });
     }
+    if how == Hops::FromTheKernel {
+        hops.clear();
+    }
     let mut compiler = Compiler::default();
     let mut desired = vipr::model::from_config(&config);
     desired.next_hops = hops.clone();
     let shared = SharedTables::new(compiler.compile(&desired).expect("tables"));
+    let pool = dpdk.pool.clone();
     let mut s = Setup {
         engine: None,
         dpdk: Some(dpdk),
+        pool,
+        neighbors: None,
         netns: Some(netns),
         shared,
         compiler,
@@ -169,21 +196,36 @@ fn setup(name: &str) -> Setup {
         hops,
         tb,
     };
-    s.start_engine();
+    match how {
+        Hops::Static => s.start_engine(),
+        Hops::FromTheKernel => {
+            // From inside the vipr namespace (this thread is): the kernel resolves the
+            // backends' neighbours by itself, and the follower reads them.
+            let mut neighbors = vipr::neighbors::Neighbors::default();
+            neighbors.sync(s.config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)));
+            s.neighbors = Some(neighbors);
+            let dpdk = s.dpdk.take().unwrap();
+            let engine = dpdk.start_engine_resolving(&[None], &s.shared, engine_options());
+            s.engine = Some(engine.unwrap_or_else(|e| panic!("{e:#}")));
+        }
+    }
     s
+}
+
+fn engine_options() -> EngineOptions {
+    EngineOptions {
+        conntrack_capacity: 65536,
+        batch: 64,
+        clock: Clock::Monotonic,
+        // The test machine's cores are shared: sleep a little when idle.
+        idle_sleep: Some(Duration::from_micros(100)),
+    }
 }
 
 impl Setup {
     fn start_engine(&mut self) {
         let plans = self.dpdk.as_ref().unwrap().plans(&[None]).unwrap_or_else(|e| panic!("{e}"));
-        let options = EngineOptions {
-            conntrack_capacity: 65536,
-            batch: 64,
-            clock: Clock::Monotonic,
-            // The test machine's cores are shared: sleep a little when idle.
-            idle_sleep: Some(Duration::from_micros(100)),
-        };
-        self.engine = Some(Engine::start(plans, &self.shared, options).expect("engine"));
+        self.engine = Some(Engine::start(plans, &self.shared, engine_options()).expect("engine"));
     }
 
     /// Serves `backends` from now on (a control-plane update; flows stay in conntrack).
@@ -201,10 +243,9 @@ impl Setup {
         let report = self.engine.take().unwrap().stop().expect("the engine stops");
         assert_eq!(report.leaked(), 0, "buffers still lent out: {:?}", report.outstanding);
         drop(report);
-        let dpdk = self.dpdk.take().unwrap();
-        let pool: Arc<Mempool> = dpdk.pool.clone();
-        drop(dpdk);
-        assert_eq!(pool.available(), pool.size(), "every mbuf is back in the pool");
+        self.dpdk.take();
+        assert_eq!(self.pool.available(), self.pool.size(), "every mbuf is back in the pool");
+        self.neighbors.take();
         self.netns.take();
     }
 
@@ -310,6 +351,25 @@ fn removing_a_backend_keeps_other_flows_and_sends_it_no_new_ones_through_dpdk() 
 }
 
 #[test]
+fn next_hops_learned_from_the_kernel_carry_tcp_and_udp_of_both_families_through_dpdk() {
+    // No next hop given: the follower learns the backends' from the kernel's managed
+    // neighbours, and the clients' from the first replies it had to pass (a TCP or UDP
+    // retry then goes through).
+    let s = setup_with("learn", Hops::FromTheKernel);
+    for (target, args) in [
+        (v4(), vec!["--count", "40"]),
+        (v6(), vec!["--count", "40"]),
+        (v4(), vec!["--count", "40", "--udp"]),
+        (v6(), vec!["--count", "40", "--udp"]),
+    ] {
+        let r = s.probe(&target, &args);
+        assert_eq!(r["failures"], 0, "{target} {args:?}: {r}");
+        assert_eq!(counts(&r, "backends").len(), 4, "{target} {args:?}: every backend: {r}");
+    }
+    s.finish();
+}
+
+#[test]
 fn the_vip_is_unreachable_without_the_engine_so_the_kernel_does_not_forward_it() {
     // The ground the other tests stand on: with the engine stopped, the vipr namespace's
     // kernel (which sees the same frames) neither forwards nor answers VIP traffic.
@@ -335,12 +395,54 @@ impl Setup {
     fn start_engine_from(&mut self, report: vipr_poll::StopReport) {
         let queues = report.into_queues::<vipr_dpdk::DpdkQueue>();
         let plan = vipr_poll::WorkerPlan { queues, core: None };
-        let options = EngineOptions {
-            conntrack_capacity: 65536,
-            batch: 64,
-            clock: Clock::Monotonic,
-            idle_sleep: Some(Duration::from_micros(100)),
-        };
-        self.engine = Some(Engine::start(vec![plan], &self.shared, options).expect("engine"));
+        self.engine =
+            Some(Engine::start(vec![plan], &self.shared, engine_options()).expect("engine"));
     }
+}
+
+/// `vipr run` with `dataplane: dpdk`, as its own process (its own EAL): the agent opens
+/// the ports, starts the engine with next hops from the kernel, and keeps the backends'
+/// neighbours (which opening af_packet ports flushes); `vipr status` shows the queues.
+#[test]
+fn vipr_run_serves_through_dpdk_and_status_shows_the_queues() {
+    let mut tb = Testbed::new("vdpk-run-", 2).expect("testbed");
+    tb.start_backends(VIPR).expect("backends");
+    let lb = tb.lb_ns();
+    tb.ns(&lb, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
+    tb.ns(&lb, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]).unwrap();
+    tb.ns(&lb, &["ip", "-6", "route", "add", "blackhole", "2001:db8:f::/64"]).unwrap();
+    for dev in tb.lb_interfaces() {
+        tb.ns(&lb, &["ethtool", "-K", &dev, "gro", "off"]).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("vipr-e2e-dpdk-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("vipr.yaml");
+    let text = config_text(&tb, "run", &[0, 1])
+        .replace("vipr-e2e-dpdk", "vipr-e2e-dpdk-agent")
+        .replace("instance: e2e-dpdk-run", "instance: e2e-dpdk-agent");
+    std::fs::write(&config, text).unwrap();
+    let agent =
+        vipr::demo::Agent::start(std::path::Path::new(VIPR), &config, "e2e-dpdk-agent", &lb)
+            .expect("vipr run");
+
+    let out = tb.ns(&tb.client_ns(), &[VIPR, "probe", &v4(), "--count", "40"]).unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], 0, "{r}");
+    assert_eq!(counts(&r, "backends").len(), 2, "{r}");
+    let out = tb.ns(&tb.client_ns(), &[VIPR, "probe", &v6(), "--count", "10"]).unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], 0, "IPv6: {r}");
+
+    let st = Command::new(VIPR)
+        .args(["status", "--json", "--instance", "e2e-dpdk-agent"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["dataplane"], "dpdk", "{st}");
+    let queues = st["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), tb.lb_interfaces().len(), "{st}");
+    assert!(queues.iter().map(|q| q["tx"].as_u64().unwrap()).sum::<u64>() >= 40 * 3, "{st}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -43,6 +43,12 @@ impl Quiet {
         };
         ns(&["sysctl", "-qw", &format!("net.ipv4.ip_forward={forwarding}")])?;
         ns(&["sysctl", "-qw", &format!("net.ipv6.conf.all.forwarding={forwarding}")])?;
+        // IPv6 answers a destination it has no route for with ICMPv6 "no route", even
+        // with forwarding off: a blackhole route for the VIPs keeps it silent.
+        let _ = ns(&["ip", "-6", "route", "del", "blackhole", "2001:db8:f::/48"]);
+        if forwarding == "0" {
+            ns(&["ip", "-6", "route", "add", "blackhole", "2001:db8:f::/48"])?;
+        }
         for dev in &self.devs {
             ns(&["ethtool", "-K", dev, "gro", gro])?;
             ns(&["ip", "link", "set", dev, "up"])?;

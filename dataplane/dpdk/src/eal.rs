@@ -61,14 +61,29 @@ impl Eal {
         let argv: &'static mut [*mut c_char] =
             Vec::leak(owned.into_iter().map(CString::into_raw).collect::<Vec<_>>());
         let affinity = current_affinity();
+        let capture = StderrCapture::start();
         // SAFETY: argv holds argc valid NUL-terminated strings that are never freed; the
         // guard (held) makes this the only rte_eal_init of the process.
         let ret = unsafe { sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
+        let (errno, reason) = last_error();
+        let said = capture.map(StderrCapture::finish).unwrap_or_default();
         if let Some(set) = affinity {
             restore_affinity(&set);
         }
         if ret < 0 {
-            let (errno, reason) = last_error();
+            // What EAL printed names the argument it refused ("unrecognized option
+            // '--x'", "invalid core list"...); rte_errno alone says only EINVAL.
+            let mut said: Vec<&str> = said
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("EAL: Detected"))
+                .collect();
+            said.dedup();
+            let reason = if said.is_empty() {
+                reason
+            } else {
+                format!("{reason}; EAL said: {}", said.join(" / "))
+            };
             let err = Error::EalInit { args: args.to_vec(), errno, reason };
             *state = State::Failed(err.to_string());
             return Err(err);
@@ -145,6 +160,54 @@ pub(crate) fn register_current_thread() {
             r.0.set(ok);
         }
     });
+}
+
+/// Copies what is written to stderr (fd 2) while it lives into a memory file, and writes
+/// it to the real stderr too when finished: EAL reports a bad argument only there.
+struct StderrCapture {
+    saved: libc::c_int,
+    file: std::fs::File,
+}
+
+impl StderrCapture {
+    fn start() -> Option<StderrCapture> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: memfd_create with a static name returns a new fd or -1; dup/dup2 on
+        // fds this function owns (and fd 2, which every process has) only renumber them.
+        unsafe {
+            let fd = libc::memfd_create(c"vipr-eal-stderr".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return None;
+            }
+            let file = std::fs::File::from_raw_fd(fd);
+            let saved = libc::dup(2);
+            if saved < 0 || libc::dup2(file.as_raw_fd(), 2) < 0 {
+                if saved >= 0 {
+                    libc::close(saved);
+                }
+                return None;
+            }
+            Some(StderrCapture { saved, file })
+        }
+    }
+
+    /// Restores stderr and returns what was written meanwhile (also passed on to it).
+    fn finish(mut self) -> String {
+        use std::io::{Read, Seek, Write};
+        // SAFETY: puts the saved stderr back on fd 2 and closes the copy.
+        unsafe {
+            libc::dup2(self.saved, 2);
+            libc::close(self.saved);
+        }
+        let mut text = String::new();
+        if self.file.rewind().is_ok() {
+            let mut bytes = Vec::new();
+            let _ = self.file.read_to_end(&mut bytes);
+            let _ = std::io::stderr().write_all(&bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        text
+    }
 }
 
 fn current_affinity() -> Option<libc::cpu_set_t> {

@@ -25,12 +25,37 @@ use crate::error::Result;
 use crate::mempool::{Lent, DATA_ROOM};
 use crate::port::Port;
 use crate::sys;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vipr_poll::{Pkt, Queue};
 
 /// Most mbufs moved through DPDK in one call; larger slices go in several calls.
 const CHUNK: usize = 64;
+/// Most destinations [`Misses`] holds between two looks of the resolver.
+const MAX_MISSES: usize = 1024;
+
+/// Destinations of frames the queues passed to the kernel since the next-hop follower
+/// last looked: the neighbours the engine is missing (a reply whose client it has no
+/// next hop for). Written once per `to_kernel` batch with `try_lock`, so a worker never
+/// waits; a lost entry only delays learning that neighbour to its next miss.
+#[derive(Debug, Default)]
+pub struct Misses(Mutex<Vec<IpAddr>>);
+
+impl Misses {
+    pub fn take(&self) -> Vec<IpAddr> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The destination address of an untagged IPv4 or IPv6 frame.
+fn destination(frame: &[u8]) -> Option<IpAddr> {
+    match frame.get(12..14)? {
+        [0x08, 0x00] => <[u8; 4]>::try_from(frame.get(30..34)?).ok().map(IpAddr::from),
+        [0x86, 0xdd] => <[u8; 16]>::try_from(frame.get(38..54)?).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
 
 /// Where `to_kernel` puts frames.
 #[derive(Clone, Debug)]
@@ -71,6 +96,7 @@ pub struct DpdkQueue {
     chained: u64,
     /// Frames the kernel sent through the exception port and this queue sent on.
     from_kernel: u64,
+    misses: Option<Arc<Misses>>,
 }
 
 // SAFETY: the queue's mbuf pointers are owned by whichever thread holds the queue; a
@@ -102,12 +128,18 @@ impl DpdkQueue {
             lent: port.pool.lender(),
             chained: 0,
             from_kernel: 0,
+            misses: None,
         })
     }
 
     pub fn with_ifindex(mut self, ifindex: u32) -> Self {
         self.ifindex = ifindex;
         self
+    }
+
+    /// Records the destinations of the frames it passes to the kernel in `misses`.
+    pub fn set_misses(&mut self, misses: Arc<Misses>) {
+        self.misses = Some(misses);
     }
 
     pub fn port(&self) -> &Arc<Port> {
@@ -277,6 +309,28 @@ impl Queue for DpdkQueue {
     }
 
     fn to_kernel(&mut self, pkts: &[Pkt]) -> usize {
+        if let Some(misses) = &self.misses {
+            if let Ok(mut list) = misses.0.try_lock() {
+                for p in pkts {
+                    if list.len() >= MAX_MISSES {
+                        break;
+                    }
+                    // SAFETY: the engine still holds `p` (it is handed over below), an
+                    // mbuf of this pool whose first segment has p.len data bytes.
+                    let frame = unsafe {
+                        std::slice::from_raw_parts(
+                            sys::vipr_pktmbuf_data(p.raw as *mut sys::rte_mbuf),
+                            p.len as usize,
+                        )
+                    };
+                    if let Some(dst) = destination(frame) {
+                        if !list.contains(&dst) {
+                            list.push(dst);
+                        }
+                    }
+                }
+            }
+        }
         self.lend(-(pkts.len() as isize));
         let (port_id, queue) = match &self.kernel {
             KernelPath::AlreadySeen => {

@@ -62,7 +62,11 @@ fn a_bad_eal_argument_fails_init_with_the_arguments_and_the_reason() {
     let (ok, out) = in_child("a_bad_eal_argument_fails_init_with_the_arguments_and_the_reason");
     assert!(ok, "{out}");
     let line = out.lines().find(|l| l.contains("CHILD-ERROR:")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("--no-such-eal-option") && line.contains("EAL init"), "{line}");
+    assert!(line.contains("EAL init") && line.contains("--no-such-eal-option"), "{line}");
+    assert!(
+        line.contains("unrecognized option '--no-such-eal-option'"),
+        "the error says which argument EAL refused: {line}"
+    );
     let again = out.lines().find(|l| l.contains("CHILD-AGAIN:")).unwrap_or_else(|| panic!("{out}"));
     assert!(again.contains("cannot retry"), "{again}");
 }
@@ -252,4 +256,39 @@ fn the_config_section_opens_every_port_and_plans_one_worker_per_queue() {
     let pool = dpdk.pool.clone();
     drop(dpdk);
     assert_eq!(pool.available(), pool.size());
+}
+
+#[test]
+fn an_engine_started_on_the_ports_keeps_them_until_it_stops() {
+    use vipr_dataplane::pipeline::SharedTables;
+    let eal = eal();
+    let pool = Arc::new(Mempool::new(eal, "ffi-engine-pool", 1023).unwrap());
+    let (rx, tx) = (
+        Arc::new(Ring::new(eal, "fe-rx", 64).unwrap()),
+        Arc::new(Ring::new(eal, "fe-tx", 64).unwrap()),
+    );
+    let port =
+        Port::from_rings(eal, "fe_port", vec![rx.clone()], vec![tx.clone()], pool.clone()).unwrap();
+    let weak = Arc::downgrade(&port);
+    let dpdk = vipr_dpdk::Dpdk { eal, pool: pool.clone(), ports: vec![port] };
+    let options = vipr_poll::EngineOptions {
+        idle_sleep: Some(std::time::Duration::from_micros(50)),
+        ..Default::default()
+    };
+    let engine = dpdk.start_engine(&[None], &SharedTables::default(), options).unwrap();
+    // No tables: the frame passes to the kernel path, which a ring port has none of.
+    rx.enqueue(pool.mbuf_from(&[0u8; 60]).unwrap()).ok().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while engine.queue_stats()[0].rx == 0 {
+        assert!(std::time::Instant::now() < deadline, "the engine received nothing");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(weak.upgrade().is_some(), "the engine keeps the port open");
+    let report = engine.stop().unwrap();
+    assert_eq!(report.leaked(), 0);
+    drop(report);
+    assert!(weak.upgrade().is_none(), "the port closes with the engine");
+    assert_eq!(tx.len(), 0, "nothing was sent");
+    drop((rx, tx));
+    assert_eq!(pool.available(), pool.size(), "every mbuf is back");
 }

@@ -137,6 +137,9 @@ impl BenchPrograms {
         opts.ctx_in = Some(&ctx);
         opts.repeat = count;
         opts.attrs = TestRunAttrs::new().xdp_live_frames(batch);
+        // A signal for this thread ends the run early with EINTR, after an unknown
+        // number of frames (a child process exiting is enough): hold signals meanwhile.
+        let _held = SignalsHeld::new();
         let r = prog.test_run(opts).map_err(|source| Error::TestRun { source })?;
         Ok(r.duration)
     }
@@ -177,5 +180,29 @@ impl BenchPrograms {
             m.set(i, zero, 0).map_err(map_err(SINK_COUNTS))?;
         }
         Ok(())
+    }
+}
+
+/// Blocks every blockable signal for the calling thread until dropped; a signal that
+/// arrives meanwhile is delivered then (or to another thread at once).
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn new() -> Self {
+        // SAFETY: sigfillset and pthread_sigmask write only the sets we own.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsHeld(old)
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 }
