@@ -7,10 +7,9 @@ use crate::{map_err, Error, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use std::time::Duration;
 use vipr_abi::bench::*;
-use vipr_abi::maps as names;
 use vipr_abi::steer::{STEER_IFACES, STEER_KEYS, STEER_XSKS};
 
 pub struct BenchPrograms {
@@ -21,16 +20,7 @@ impl BenchPrograms {
     /// Loads the object with the load balancer's maps at their smallest (they are not
     /// used here) and the three benchmark programs.
     pub fn load() -> Result<Self> {
-        let mut loader = EbpfLoader::new();
-        for name in [names::VIPS, names::VIP_ADDRS, names::RINGS, names::VIP_STATS, names::BACKENDS]
-        {
-            loader.map_max_entries(name, 1);
-        }
-        for name in [names::BACKEND_STATS, names::SOURCE_RANGES, names::NEXT_HOPS, names::AFFINITY]
-        {
-            loader.map_max_entries(name, 1);
-        }
-        loader.map_max_entries(names::CONNTRACK, 2);
+        let mut loader = crate::loader::loader_with_small_lb_maps();
         for name in [STEER_XSKS, STEER_IFACES, STEER_KEYS] {
             loader.map_max_entries(name, 1);
         }

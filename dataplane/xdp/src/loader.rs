@@ -24,6 +24,28 @@ pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIPR_EBPF_OB
 pub const PIN_ROOT: &str = "/sys/fs/bpf/vipr";
 
 /// The pin directory of an instance.
+/// A loader for the object's other programs (steering, benchmarks): the load
+/// balancer's maps, which they do not use, at their smallest.
+pub(crate) fn loader_with_small_lb_maps() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in [
+        names::VIPS,
+        names::VIP_ADDRS,
+        names::RINGS,
+        names::VIP_STATS,
+        names::BACKENDS,
+        names::BACKEND_STATS,
+        names::SOURCE_RANGES,
+        names::NEXT_HOPS,
+        names::AFFINITY,
+    ] {
+        loader.map_max_entries(name, 1);
+    }
+    // An LRU hash needs room for one entry on each CPU list.
+    loader.map_max_entries(names::CONNTRACK, 2);
+    loader
+}
+
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(instance)
 }

@@ -68,47 +68,23 @@ impl Maps {
     fn build(get: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         let rings = get(names::RINGS)?;
         let rings_fd = match &rings {
-            Map::ArrayOfMaps(d) => {
-                use std::os::fd::AsFd;
-                d.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Io { path: names::RINGS.into(), source })?
-            }
+            Map::ArrayOfMaps(d) => second_fd(d, names::RINGS)?,
             _ => return Err(Error::MissingMap { map: names::RINGS }),
         };
         let backends = get(names::BACKENDS)?;
         let backends_fd = match &backends {
-            Map::Array(d) => {
-                use std::os::fd::AsFd;
-                d.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?
-            }
+            Map::Array(d) => second_fd(d, names::BACKENDS)?,
             _ => return Err(Error::MissingMap { map: names::BACKENDS }),
         };
         let vips = get(names::VIPS)?;
         let vips_fd = match &vips {
-            Map::HashMap(d) => {
-                use std::os::fd::AsFd;
-                d.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Io { path: names::VIPS.into(), source })?
-            }
+            Map::HashMap(d) => second_fd(d, names::VIPS)?,
             _ => return Err(Error::MissingMap { map: names::VIPS }),
         };
         let conntrack = get(names::CONNTRACK)?;
         let (conntrack_capacity, conntrack_fd) = match &conntrack {
             Map::LruHashMap(d) | Map::HashMap(d) => {
-                use std::os::fd::AsFd;
-                let fd = d
-                    .fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Io { path: names::CONNTRACK.into(), source })?;
-                (d.info().map(|i| i.max_entries()).unwrap_or(0), fd)
+                (d.info().map(|i| i.max_entries()).unwrap_or(0), second_fd(d, names::CONNTRACK)?)
             }
             _ => return Err(Error::MissingMap { map: names::CONNTRACK }),
         };
@@ -241,6 +217,12 @@ impl Maps {
         }
         Ok(())
     }
+}
+
+/// A descriptor of its own for the map `d` (aya's typed handles do not lend theirs).
+fn second_fd(d: &MapData, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    d.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Io { path: name.into(), source })
 }
 
 fn sum_stats(map: &PerCpuArray<MapData, Stats>, name: &'static str) -> Result<Vec<Stats>> {

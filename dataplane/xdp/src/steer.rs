@@ -10,7 +10,7 @@ use crate::loader::{verifier_error, OBJECT};
 use crate::{map_err, AttachMode, Error, Result};
 use aya::maps::{Array, HashMap, MapData, XskMap};
 use aya::programs::XdpMode;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use std::collections::HashMap as StdHashMap;
 use std::os::fd::AsRawFd;
 use vipr_abi::maps as names;
@@ -31,16 +31,7 @@ pub struct Steering {
 
 impl Steering {
     pub fn load() -> Result<Self> {
-        let mut loader = EbpfLoader::new();
-        for name in [names::VIPS, names::VIP_ADDRS, names::RINGS, names::VIP_STATS, names::BACKENDS]
-        {
-            loader.map_max_entries(name, 1);
-        }
-        for name in [names::BACKEND_STATS, names::SOURCE_RANGES, names::NEXT_HOPS, names::AFFINITY]
-        {
-            loader.map_max_entries(name, 1);
-        }
-        loader.map_max_entries(names::CONNTRACK, 2);
+        let mut loader = crate::loader::loader_with_small_lb_maps();
         let mut ebpf = loader.load(OBJECT).map_err(|source| Error::Load { source })?;
         for name in [PROG_STEER, names::PROG_PASS] {
             let prog = xdp_program(&mut ebpf, name)?;
