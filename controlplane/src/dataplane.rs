@@ -78,11 +78,7 @@ impl Dataplane for XdpDataplane {
     }
     fn start(&mut self, cfg: &vipr_config::Config) -> Result<()> {
         for iface in &cfg.interfaces {
-            let mode = match iface.attach {
-                vipr_config::AttachMode::Native => vipr_xdp::AttachMode::Native,
-                vipr_config::AttachMode::Generic => vipr_xdp::AttachMode::Generic,
-            };
-            self.xdp.attach(&iface.name, mode)?;
+            self.xdp.attach(&iface.name, attach_mode(iface.attach))?;
         }
         Ok(())
     }
@@ -97,6 +93,14 @@ impl Dataplane for XdpDataplane {
     }
     fn flows(&self) -> Result<Vec<Flow>> {
         Ok(forward_flows(&self.xdp.maps))
+    }
+}
+
+/// The config's attach mode as the XDP loader names it.
+pub fn attach_mode(mode: vipr_config::AttachMode) -> vipr_xdp::AttachMode {
+    match mode {
+        vipr_config::AttachMode::Native => vipr_xdp::AttachMode::Native,
+        vipr_config::AttachMode::Generic => vipr_xdp::AttachMode::Generic,
     }
 }
 

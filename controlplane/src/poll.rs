@@ -75,10 +75,7 @@ impl Dataplane for PollDataplane {
                     .iter()
                     .map(|i| vipr_poll::afxdp::AfxdpInterface {
                         name: i.name.clone(),
-                        attach: match i.attach {
-                            vipr_config::AttachMode::Native => vipr_xdp::AttachMode::Native,
-                            vipr_config::AttachMode::Generic => vipr_xdp::AttachMode::Generic,
-                        },
+                        attach: crate::dataplane::attach_mode(i.attach),
                         queues: i.queues.clone(),
                         cores: i.cores.clone(),
                     })

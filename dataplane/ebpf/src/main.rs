@@ -35,8 +35,8 @@ use aya_ebpf::{
 use maps::{DROPS, SETTINGS, VERDICTS};
 use packet::Ip;
 use vipr_abi::{
-    FlowKey, Settings, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    VERDICT_DROP, VERDICT_PASS, VERDICT_REDIRECT, VERDICT_TX,
+    Settings, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VERDICT_DROP,
+    VERDICT_PASS, VERDICT_REDIRECT, VERDICT_TX,
 };
 
 /// What becomes of a frame; a drop is the `Err` of the `try_*` functions, its value a
@@ -87,15 +87,7 @@ fn try_vipr_xdp(ctx: &XdpContext) -> Result<Verdict, u32> {
     let Some(settings) = SETTINGS.get(0) else {
         return Ok(Verdict::Pass);
     };
-    let mut ip = Ip {
-        key: FlowKey::zeroed(),
-        l3: 0,
-        end: 0,
-        l4: 0,
-        later_fragment: false,
-        first_fragment: false,
-        tcp_flags: 0,
-    };
+    let mut ip = Ip::new();
     if !packet::parse_ip(ctx, &mut ip)? {
         return Ok(Verdict::Pass);
     }

@@ -7,7 +7,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use vipr_abi::{drop, Addr, FlowKey, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP};
+use vipr_abi::{
+    drop, Addr, FlowKey, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP,
+};
 
 /// Offsets past this are treated as beyond the frame. It is larger than any linear XDP
 /// buffer (a page less head and tail room), and it keeps every packet offset below the
@@ -119,6 +121,21 @@ pub struct Ip {
     pub first_fragment: bool,
     /// TCP flags (the header's 13th byte) once `l4_ports` read them; 0 otherwise.
     pub tcp_flags: u8,
+}
+
+impl Ip {
+    /// Nothing parsed yet: `parse_ip` fills it.
+    pub const fn new() -> Self {
+        Ip {
+            key: FlowKey::zeroed(),
+            l3: 0,
+            end: 0,
+            l4: 0,
+            later_fragment: false,
+            first_fragment: false,
+            tcp_flags: 0,
+        }
+    }
 }
 
 impl Ip {

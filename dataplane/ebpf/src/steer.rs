@@ -15,7 +15,7 @@ use vipr_abi::steer::{
     SteerConfig, SteerKey, STEER_ANY_PORT, STEER_BACKEND, STEER_ICMP_ERRORS, STEER_MAX_IFACES,
     STEER_MAX_KEYS, STEER_MAX_SLOTS, STEER_VIP,
 };
-use vipr_abi::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use vipr_abi::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 #[btf_map]
 static STEER_XSKS: XskMap<{ STEER_MAX_SLOTS as usize }> = XskMap::new();
@@ -49,15 +49,7 @@ pub fn vipr_steer(ctx: XdpContext) -> u32 {
 /// Whether the frame is one the engine serves.
 #[inline(always)]
 fn ours(ctx: &XdpContext) -> bool {
-    let mut ip = Ip {
-        key: FlowKey::zeroed(),
-        l3: 0,
-        end: 0,
-        l4: 0,
-        later_fragment: false,
-        first_fragment: false,
-        tcp_flags: 0,
-    };
+    let mut ip = Ip::new();
     // Malformed or not IP: the kernel judges it.
     if packet::parse_ip(ctx, &mut ip) != Ok(true) {
         return false;

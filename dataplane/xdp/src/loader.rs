@@ -81,7 +81,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
+    pub(crate) fn xdp_mode(self) -> XdpMode {
         match self {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Generic => XdpMode::Skb,

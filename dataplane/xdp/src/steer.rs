@@ -9,7 +9,6 @@
 use crate::loader::{verifier_error, OBJECT};
 use crate::{map_err, AttachMode, Error, Result};
 use aya::maps::{Array, HashMap, MapData, XskMap};
-use aya::programs::XdpMode;
 use aya::Ebpf;
 use std::collections::HashMap as StdHashMap;
 use std::os::fd::AsRawFd;
@@ -70,12 +69,8 @@ impl Steering {
         interface: &str,
         mode: AttachMode,
     ) -> Result<()> {
-        let xdp_mode = match mode {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Generic => XdpMode::Skb,
-        };
         let prog = xdp_program(&mut self.ebpf, name)?;
-        prog.attach(interface, xdp_mode).map_err(|source| Error::Attach {
+        prog.attach(interface, mode.xdp_mode()).map_err(|source| Error::Attach {
             interface: interface.to_string(),
             mode,
             source,
