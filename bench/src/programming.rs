@@ -8,10 +8,9 @@
 //!   (kube_proxy.rs) and `iptables-restore` of it into an empty scratch netns.
 //! - One endpoint change at 1k and at 10k Services: event-to-programmed latency
 //!   percentiles (hdrhistogram). An event is one EndpointSlice whose endpoint moves to
-//!   another address; from then until `program` returns: translate the changed
-//!   Service, compile, program what changed (asserted: one ring). Also the same with a
-//!   full re-translation of every object, which is what the live source's loop does
-//!   today. Baseline: kube-proxy's partial sync of one Service
+//!   another address; from then until the programmer returns: translate the changed
+//!   Service, compile, program what changed (asserted: one ring), each step given only
+//!   the change. Also the same with a full re-translation of every object. Baseline: kube-proxy's partial sync of one Service
 //!   (`iptables-restore --noflush` of that Service's chains, as kube-proxy has done since
 //!   1.26) into the netns holding the full rule set.
 //!
@@ -28,7 +27,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vipr_dataplane::tables::{Compiler, DesiredState, Tables};
+use vipr_dataplane::tables::{Compiler, DesiredState, Tables, VipSpec};
 use vipr_k8s::k8s_openapi::api::core::v1::{Node, Service};
 use vipr_k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
 use vipr_k8s::{fixtures, translate, Inputs, Options, Translator};
@@ -154,7 +153,6 @@ struct World {
     n: usize,
     inputs: Inputs,
     kp: Vec<kube_proxy::Service>,
-    state: DesiredState,
     /// The objects as a reflector's stores hold them, for the incremental translator.
     objects: Objects,
     translator: Translator,
@@ -173,19 +171,39 @@ impl World {
         let (inputs, kp) = cluster(n);
         let objects_rss = rss_bytes().saturating_sub(rss0);
 
-        // The maps exist (the agent has loaded its program) and are empty.
+        // The maps exist (the agent has loaded its program) and are empty. The objects
+        // arrive as a reflector's first list: one relist of each kind.
         let mut xdp = Xdp::load(limits(), None)?;
+        let objects = (
+            inputs.services.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+            inputs.endpoint_slices.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+            inputs.nodes.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
+        );
         let rss0 = rss_bytes();
         let start = Instant::now();
-        let state = desired(&inputs, &opts)?;
+        let mut translator = Translator::new(opts.clone());
+        translator.replace_services(objects.0.clone());
+        translator.replace_slices(objects.1.clone());
+        translator.replace_nodes(objects.2.clone());
+        let changes = translator.take_changes();
+        ensure!(
+            changes.warnings.is_empty(),
+            "the benchmark cluster translates with warnings: {:?}",
+            changes.warnings
+        );
+        ensure!(changes.upserts.len() == n, "{} VIPs from {n} Services", changes.upserts.len());
+        let state = DesiredState {
+            vips: changes.upserts.into_iter().map(|v| v.spec).collect(),
+            ..Default::default()
+        };
         let translate = start.elapsed();
         let start = Instant::now();
         let mut compiler = Compiler::default();
-        let tables = compiler.compile(&state)?;
+        let changes = compiler.sync(&state)?;
         let compile = start.elapsed();
         let start = Instant::now();
         let mut programmer = Programmer::new();
-        let written = programmer.program(&mut xdp.maps, &xdp.limits, &tables)?;
+        let written = programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &changes)?;
         let program = start.elapsed();
         let vipr_rss = rss_bytes().saturating_sub(rss0);
         eprintln!(
@@ -201,7 +219,6 @@ impl World {
         );
         ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
         let ring_bytes = programmer.ring_bytes();
-        drop(tables);
 
         let start = Instant::now();
         let rules = kube_proxy::iptables_restore(&kp);
@@ -231,15 +248,7 @@ impl World {
             restore_rss,
             iptables,
         };
-        let objects = (
-            inputs.services.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-            inputs.endpoint_slices.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-            inputs.nodes.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-        );
-        let mut translator = Translator::new(opts);
-        translator.translate(&objects.0, &objects.1, &objects.2);
-        let world =
-            World { n, inputs, kp, state, objects, translator, xdp, compiler, programmer, netns };
+        let world = World { n, inputs, kp, objects, translator, xdp, compiler, programmer, netns };
         Ok((world, cold))
     }
 }
@@ -317,41 +326,51 @@ fn one_change(
 
     for _ in 0..events {
         let k = rng.below(n);
-        // The agent's path: the reflector replaced one slice; the translator redoes its
-        // Service alone; compile and program take the whole desired state.
-        let event = Instant::now();
+        // The agent's path: the watch event carries the new slice; the translator
+        // redoes its Service alone and names the VIPs that changed; the compiler and the
+        // programmer touch those only.
         let mut slice = (*w.objects.1[k]).clone();
         move_endpoint(&mut slice, &pool, &mut rng);
-        w.objects.1[k] = Arc::new(slice);
-        let t = w.translator.translate(&w.objects.0, &w.objects.1, &w.objects.2);
+        let slice = Arc::new(slice);
+        let event = Instant::now();
+        w.translator.apply_slice(slice.clone());
+        let changes = w.translator.take_changes();
         ensure!(
-            w.translator.retranslated == 1,
-            "{} Services translated again",
-            w.translator.retranslated
+            w.translator.retranslated == 1 && changes.upserts.len() == 1,
+            "{} Services translated again, {} VIPs changed",
+            w.translator.retranslated,
+            changes.upserts.len()
         );
-        w.state = DesiredState { vips: t.into_vip_specs(), ..Default::default() };
+        let upserts: Vec<VipSpec> = changes.upserts.into_iter().map(|v| v.spec).collect();
         let translated = Instant::now();
-        let tables = w.compiler.compile(&w.state)?;
+        let tables_changes = w.compiler.update(&upserts, &changes.removes)?;
         let compiled = Instant::now();
-        let report = w.programmer.program(&mut w.xdp.maps, &w.xdp.limits, &tables)?;
+        let report = w.programmer.apply(
+            &mut w.xdp.maps,
+            &w.xdp.limits,
+            w.compiler.tables(),
+            &tables_changes,
+        )?;
         let done = Instant::now();
         change.incremental.record(ns(done - event))?;
         change.stages[0].record(ns(translated - event))?;
         change.stages[1].record(ns(compiled - translated))?;
         change.stages[2].record(ns(done - compiled))?;
-        check(&tables, &w.compiler, report)?;
-        w.inputs.endpoint_slices[k] = (*w.objects.1[k]).clone();
+        check(w.compiler.tables(), &w.compiler, report)?;
+        w.inputs.endpoint_slices[k] = (*slice).clone();
+        w.objects.1[k] = slice;
     }
 
     for _ in 0..full_events {
         let k = rng.below(n);
         let event = Instant::now();
         move_endpoint(&mut w.inputs.endpoint_slices[k], &pool, &mut rng);
-        w.state = desired(&w.inputs, &opts)?;
-        let tables = w.compiler.compile(&w.state)?;
-        let report = w.programmer.program(&mut w.xdp.maps, &w.xdp.limits, &tables)?;
+        let state = desired(&w.inputs, &opts)?;
+        let changes = w.compiler.sync(&state)?;
+        let report =
+            w.programmer.apply(&mut w.xdp.maps, &w.xdp.limits, w.compiler.tables(), &changes)?;
         change.full.record(ns(event.elapsed()))?;
-        check(&tables, &w.compiler, report)?;
+        check(w.compiler.tables(), &w.compiler, report)?;
     }
 
     eprintln!(
@@ -579,11 +598,12 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         s,
         "An event: one endpoint of one Service's EndpointSlice moves to another address; timed \
          until `program` has written it (asserted: one ring built and written, nothing else). \
-         Incremental, the agent's path: the objects are held as a reflector's stores hold them \
-         (`Arc`s); the changed slice is replaced; `Translator` translates again only the Service \
-         whose objects changed (asserted) and gives the whole translation; compile reuses every \
-         unchanged VIP's compiled form; program diffs and rewrites the one ring in place (no \
-         RCU grace period). Full: every object is translated again from scratch. \
+         Incremental, the agent's path: the watch event's slice goes to `Translator::apply_slice`, \
+         which translates again only that Service (asserted) and names the one VIP that changed; \
+         `Compiler::update` rebuilds that VIP's ring alone; `Programmer::apply` writes its \
+         backends and rewrites the ring in place (no RCU grace period). No stage walks the \
+         other Services. Full: every object is translated again from scratch and the whole \
+         desired state compared (`Compiler::sync`). \
          Baseline: kube-proxy's partial sync, `iptables-restore --noflush` of the changed \
          Service's KUBE-SVC and KUBE-SEP chains into the namespace holding the whole rule set. \
          Events: {} incremental, {} full, {} iptables per size.\n",

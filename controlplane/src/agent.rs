@@ -16,6 +16,7 @@ use crate::status::{self, LatencyStatus, Status};
 use crate::{admin, metrics, model};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use vipr_abi::*;
 use vipr_config::{AttachMode, Config, DataplaneKind};
 use vipr_dataplane::maglev::BackendIdentity;
-use vipr_dataplane::tables::{Compiler, DesiredState, Tables, VipSpec};
+use vipr_dataplane::tables::{Compiler, DesiredState, Tables, TablesChanges, VipSpec};
 use vipr_xdp::{pin_dir, Limits, Maps, Programmer, Xdp};
 
 /// Where `vipr run` records its process id, so `vipr stop` can end it.
@@ -192,14 +193,18 @@ struct Agent {
     shared: Arc<Shared>,
     /// The cluster's VIPs; `None` until the Kubernetes source delivered its first
     /// translation (or when there is no cluster).
-    cluster_vips: Option<Vec<VipSpec>>,
+    cluster: Option<HashMap<VipKey, VipSpec>>,
     /// The desired state of the config and manifests, as last programmed.
     base: Option<DesiredState>,
+    /// The VIP keys of `base`: the config's and manifests' VIPs win over the cluster's.
+    base_keys: HashSet<VipKey>,
+    /// A cluster change could not be programmed: the next one compiles everything.
+    resync: bool,
 }
 
 impl Agent {
-    /// Compiles every source and programs the result; an error leaves the dataplane as
-    /// it was and counts as a reconcile error. `base` is the config's and manifests'
+    /// Compiles every source and programs the result; an error leaves the tables as they
+    /// were and counts as a reconcile error. `base` is the config's and manifests'
     /// desired state when they were read again; `None` reuses the last one.
     fn program(
         &mut self,
@@ -222,19 +227,39 @@ impl Agent {
             Some(b) => b,
             None => desired(cfg, &self.sources)?,
         };
+        let base_keys: HashSet<VipKey> = base.vips.iter().map(VipSpec::key).collect();
         let mut desired = base.clone();
-        if let Some(vips) = &self.cluster_vips {
-            desired.vips.extend(vips.iter().cloned());
+        for (key, vip) in self.cluster.iter().flatten() {
+            if base_keys.contains(key) {
+                tracing::warn!(
+                    "kubernetes: {} is also in the config or manifests, which keep it",
+                    vip_name(key)
+                );
+            } else {
+                desired.vips.push(vip.clone());
+            }
         }
-        let tables = self.compiler.compile(&desired).context("compiling the tables")?;
-        let report = self.shared.dataplane.lock().unwrap().program(&tables)?;
-        let backends =
-            tables.backends.iter().filter(|b| b.family != 0).map(|b| ip_of(&b.addr, b.family));
-        self.neighbors.sync(backends);
+        let changes = self.compiler.sync(&desired).context("compiling the tables")?;
+        let report = self.program_changes(&changes)?;
         self.base = Some(base);
-        let cluster_pending = cfg.kubernetes.is_some() && self.cluster_vips.is_none();
+        self.base_keys = base_keys;
+        self.resync = false;
+        let cluster_pending = cfg.kubernetes.is_some() && self.cluster.is_none();
         self.shared.ready.store(!cluster_pending, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Programs the compiler's tables, `changes` being what its last compile changed.
+    fn program_changes(&mut self, changes: &TablesChanges) -> Result<vipr_xdp::ProgramReport> {
+        let tables = self.compiler.tables();
+        let report = self.shared.dataplane.lock().unwrap().program(tables, changes);
+        if report.is_err() {
+            // The dataplane re-reads what it holds on the next call; the compiler is
+            // ahead of it, so that call must carry every VIP again.
+            self.resync = true;
+        }
+        self.neighbors.update(tables, &changes.backends);
+        report
     }
 
     /// Re-reads the file; on any error the running tables stay as they are.
@@ -286,43 +311,100 @@ impl Agent {
         }
     }
 
-    /// Programs the cluster's latest translation (a burst is taken as one).
-    fn apply_cluster(&mut self, mut update: kubernetes::Update, source: &KubeSource) {
-        while let Ok(next) = source.updates.try_recv() {
-            let first_event = update.first_event.min(next.first_event);
-            update = kubernetes::Update { first_event, ..next };
+    /// Programs the cluster's changes (a burst is taken as one): only the VIPs they name
+    /// are compiled and written.
+    fn apply_cluster(&mut self, update: kubernetes::Update, source: &KubeSource) {
+        let first_delivery = self.cluster.is_none();
+        let cluster = self.cluster.get_or_insert_with(HashMap::new);
+        let mut touched: HashSet<VipKey> = HashSet::new();
+        let mut first_event = update.first_event;
+        let mut last = None;
+        for u in
+            std::iter::once(update).chain(std::iter::from_fn(|| source.updates.try_recv().ok()))
+        {
+            if u.initial {
+                touched.extend(cluster.keys().copied());
+                cluster.clear();
+            }
+            for key in &u.removes {
+                cluster.remove(key);
+                touched.insert(*key);
+            }
+            for vip in &u.upserts {
+                touched.insert(vip.key());
+                cluster.insert(vip.key(), vip.clone());
+            }
+            for w in &u.warnings {
+                tracing::warn!("kubernetes: {w}");
+            }
+            first_event = first_event.min(u.first_event);
+            last = Some(u);
         }
-        for w in &update.warnings {
-            tracing::warn!("kubernetes: {w}");
-        }
-        let previous = self.cluster_vips.replace(update.vips);
-        let cfg = self.cfg.clone();
-        match self.program(&cfg, None) {
+        let last = last.expect("one update at least");
+        let result = if self.resync || first_delivery {
+            let cfg = self.cfg.clone();
+            self.try_program(&cfg, None)
+        } else {
+            self.program_cluster(&touched)
+        };
+        match result {
             Ok(r) => {
                 // The initial sync is timed from connecting and listing everything: not
                 // a change, so it stays out of the event-to-programmed histogram.
-                if previous.is_some() {
-                    self.shared.record_latency(update.first_event);
+                if !first_delivery {
+                    self.shared.record_latency(first_event);
                 }
                 let mut pools = self.shared.pools.lock().unwrap();
                 for (name, _, used) in pools.iter_mut() {
-                    *used = update.pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
+                    *used = last.pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
                 }
                 tracing::info!(
-                    vips = self.cluster_vips.as_ref().map_or(0, Vec::len),
+                    vips = self.cluster.as_ref().map_or(0, HashMap::len),
                     vips_written = r.vips_written,
                     vips_removed = r.vips_removed,
                     rings = r.rings_written,
-                    latency_us = update.first_event.elapsed().as_micros() as u64,
+                    latency_us = first_event.elapsed().as_micros() as u64,
                     "programmed the cluster's Services"
                 );
             }
             Err(e) => {
-                // Keep what the dataplane holds in step with what the next diff assumes.
-                self.cluster_vips = previous;
-                tracing::error!("the cluster's Services could not be programmed: {e:#}");
+                self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                // The cluster's desired VIPs are kept: the next change (or reload)
+                // compiles them all again, and fails the same way until they are fixed.
+                self.resync = true;
+                tracing::error!("the cluster's Services could not be programmed, the running tables are unchanged: {e:#}");
             }
         }
+    }
+
+    /// Compiles and programs the cluster VIPs `touched` as they are now.
+    fn program_cluster(&mut self, touched: &HashSet<VipKey>) -> Result<vipr_xdp::ProgramReport> {
+        let cluster = self.cluster.as_ref().expect("delivered");
+        let (mut upserts, mut removes) = (Vec::new(), Vec::new());
+        for key in touched {
+            match cluster.get(key) {
+                _ if self.base_keys.contains(key) => {
+                    tracing::warn!(
+                        "kubernetes: {} is also in the config or manifests, which keep it",
+                        vip_name(key)
+                    );
+                }
+                Some(vip) => upserts.push(vip.clone()),
+                None => removes.push(*key),
+            }
+        }
+        let changes = self.compiler.update(&upserts, &removes).context("compiling the tables")?;
+        self.program_changes(&changes)
+    }
+}
+
+/// `addr:port/proto` of a VIP key, for messages.
+fn vip_name(key: &VipKey) -> String {
+    let addr = ip_of(&key.addr, key.family);
+    let proto = if key.proto == PROTO_UDP { "udp" } else { "tcp" };
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{}/{proto}", u16::from_be(key.port)),
+        IpAddr::V6(a) => format!("[{a}]:{}/{proto}", u16::from_be(key.port)),
     }
 }
 
@@ -437,8 +519,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
         cfg: cfg.clone(),
         compiler,
         shared: shared.clone(),
-        cluster_vips: None,
+        cluster: None,
         base: None,
+        base_keys: HashSet::new(),
+        resync: false,
     };
     let report = agent.program(&cfg, None)?;
     shared.dataplane.lock().unwrap().start(&cfg)?;

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use vipr_abi::{BackendInfo, FlowKey, VipInfo, VipKey, FLOW_DIR_FORWARD};
 use vipr_dataplane::pipeline::Counters;
-use vipr_dataplane::tables::Tables;
+use vipr_dataplane::tables::{Tables, TablesChanges};
 use vipr_xdp::{Maps, ProgramReport, Programmer, Xdp};
 
 /// What a dataplane holds and has counted, at one moment.
@@ -48,8 +48,9 @@ pub trait Dataplane: Send {
     /// Starts forwarding (attaches, starts the workers); called once, after the first
     /// `program`, so no packet meets empty tables.
     fn start(&mut self, cfg: &vipr_config::Config) -> Result<()>;
-    /// Makes the dataplane serve `tables`, writing only what changed.
-    fn program(&mut self, tables: &Tables) -> Result<ProgramReport>;
+    /// Makes the dataplane serve `tables`, which differ from the last programmed ones
+    /// only as `changes` says; work is proportional to the change.
+    fn program(&mut self, tables: &Tables, changes: &TablesChanges) -> Result<ProgramReport>;
     /// The tables last programmed.
     fn programmed(&self) -> Option<&Tables>;
     fn snapshot(&self) -> Result<Snapshot>;
@@ -82,8 +83,8 @@ impl Dataplane for XdpDataplane {
         }
         Ok(())
     }
-    fn program(&mut self, tables: &Tables) -> Result<ProgramReport> {
-        Ok(self.programmer.program(&mut self.xdp.maps, &self.xdp.limits, tables)?)
+    fn program(&mut self, tables: &Tables, changes: &TablesChanges) -> Result<ProgramReport> {
+        Ok(self.programmer.apply(&mut self.xdp.maps, &self.xdp.limits, tables, changes)?)
     }
     fn programmed(&self) -> Option<&Tables> {
         self.programmer.programmed()

@@ -2,24 +2,30 @@
 //! runtime runs [`vipr_k8s::live::run`] and hands each new translation to the agent's
 //! loop, which stays synchronous (it owns the dataplane and must not block on the API).
 //!
-//! Contract: the agent gets an [`Update`] per translation that changed, carrying the
-//! instant of the earliest watch event behind it, so event-to-programmed latency can be
-//! measured. While the API server is away nothing arrives and the dataplane stays as
-//! programmed. If the server cannot be reached at start, the thread keeps retrying.
+//! Contract: the agent gets an [`Update`] per change of the translation: the VIPs
+//! upserted and removed (the first update of a connection carries them all and says so),
+//! and the instant of the earliest watch event behind it, so event-to-programmed latency
+//! can be measured. While the API server is away nothing arrives and the dataplane stays
+//! as programmed. If the server cannot be reached at start, the thread keeps retrying.
 
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vipr_abi::VipKey;
 use vipr_config::{KubernetesConfig, KubernetesMode, Pool};
 use vipr_dataplane::tables::VipSpec;
 use vipr_k8s::live::{self, LiveConfig, LiveStats};
-use vipr_k8s::{LbClass, Mode, Options, VipKind};
+use vipr_k8s::{LbClass, Mode, Options};
 
-/// One translation, as the dataplane wants it.
+/// One change of the translation, as the dataplane wants it.
 pub struct Update {
-    pub vips: Vec<VipSpec>,
+    /// The source (re)connected: `upserts` are all its VIPs, and VIPs of an earlier
+    /// connection not among them are gone.
+    pub initial: bool,
+    pub upserts: Vec<VipSpec>,
+    pub removes: Vec<VipKey>,
     /// When the earliest watch event behind this translation arrived.
     pub first_event: Instant,
     /// LoadBalancer addresses in use, per config pool (name, allocated).
@@ -90,12 +96,14 @@ async fn serve(k: KubernetesConfig, cfg: LiveConfig, pools: Vec<Pool>, tx: mpsc:
             Ok(client) => {
                 let tx = tx.clone();
                 let pools = pools.clone();
-                live::run(client, cfg.clone(), move |t, first_event| {
+                live::run(client, cfg.clone(), move |changes, translator, first_event| {
                     let update = Update {
-                        vips: t.clone().into_vip_specs(),
+                        initial: changes.initial,
+                        upserts: changes.upserts.iter().map(|v| v.spec.clone()).collect(),
+                        removes: changes.removes.clone(),
                         first_event,
-                        pool_usage: pool_usage(&pools, t),
-                        warnings: t.warnings.iter().map(|w| w.to_string()).collect(),
+                        pool_usage: pool_usage(&pools, translator.load_balancer_addresses()),
+                        warnings: changes.warnings.iter().map(|w| w.to_string()).collect(),
                     };
                     let _ = tx.send(update);
                 })
@@ -115,14 +123,18 @@ async fn serve(k: KubernetesConfig, cfg: LiveConfig, pools: Vec<Pool>, tx: mpsc:
     }
 }
 
-/// How many distinct LoadBalancer addresses of each pool the translation serves.
-fn pool_usage(pools: &[Pool], t: &vipr_k8s::Translation) -> Vec<(String, usize)> {
-    let lb: std::collections::BTreeSet<IpAddr> =
-        t.vips.iter().filter(|v| v.kind == VipKind::LoadBalancer).map(|v| v.spec.addr).collect();
-    pools
-        .iter()
-        .map(|p| (p.name.clone(), lb.iter().filter(|ip| p.contains(**ip)).count()))
-        .collect()
+/// How many of the served LoadBalancer addresses `lb` (distinct) each pool holds.
+fn pool_usage(pools: &[Pool], lb: impl Iterator<Item = IpAddr>) -> Vec<(String, usize)> {
+    let mut usage: Vec<(String, usize)> = pools.iter().map(|p| (p.name.clone(), 0)).collect();
+    if pools.is_empty() {
+        return usage;
+    }
+    for ip in lb {
+        if let Some(i) = pools.iter().position(|p| p.contains(ip)) {
+            usage[i].1 += 1;
+        }
+    }
+    usage
 }
 
 #[cfg(test)]

@@ -7,60 +7,146 @@
 //! the kernel drops as martian, so it never resolves anything and the flow never starts.
 //! Kernel-managed neighbour entries (`ip neigh ... managed`, Linux 5.16) are resolved
 //! and kept reachable by the kernel itself.
+//!
+//! Work follows the tables' changes: only a backend address that starts or stops being
+//! used is looked at, and each update runs at most two `ip -batch` processes (route
+//! lookups, then neighbour changes), however many addresses it concerns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::IpAddr;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use vipr_abi::ip_of;
+use vipr_dataplane::tables::Tables;
+
+/// A next hop and the device the kernel reaches it through.
+type Hop = (IpAddr, String);
 
 #[derive(Default)]
 pub struct Neighbors {
-    /// (next hop, device) entries this agent made managed.
-    managed: BTreeSet<(IpAddr, String)>,
-}
-
-/// The next hop and device the kernel routes `dst` through.
-fn next_hop(dst: IpAddr) -> Option<(IpAddr, String)> {
-    let out = Command::new("ip").args(["-j", "route", "get", &dst.to_string()]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let route = v.get(0)?;
-    let dev = route.get("dev")?.as_str()?.to_string();
-    if dev == "lo" {
-        return None;
-    }
-    let via = route.get("gateway").and_then(|g| g.as_str()).and_then(|g| g.parse().ok());
-    Some((via.unwrap_or(dst), dev))
+    /// Each programmed backend's address, by backend id.
+    by_id: HashMap<u32, IpAddr>,
+    /// Each backend address in use: how many backends have it, and its next hop (`None`:
+    /// none to manage, e.g. a local address).
+    addrs: HashMap<IpAddr, (usize, Option<Hop>)>,
+    /// The entries this agent made managed, with how many addresses route through each.
+    managed: BTreeMap<Hop, usize>,
 }
 
 impl Neighbors {
-    /// Makes the next hops of `backends` managed neighbours, and stops managing the ones
-    /// no backend needs any more. Problems are reported, never fatal: the kernel path
-    /// still resolves `dnat` next hops on its own.
-    /// Makes every entry again, even those made before (after something flushed the
-    /// namespace's neighbour table: opening DPDK af_packet ports does).
-    pub fn resync(&mut self) {
-        let wanted: Vec<IpAddr> = self.managed.iter().map(|(a, _)| *a).collect();
-        self.managed.clear();
-        self.sync(wanted);
-    }
-
-    pub fn sync(&mut self, backends: impl IntoIterator<Item = IpAddr>) {
-        let wanted: BTreeSet<(IpAddr, String)> =
-            backends.into_iter().filter_map(next_hop).collect();
-        for (addr, dev) in wanted.difference(&self.managed) {
-            let status = Command::new("ip")
-                .args(["neigh", "replace", &addr.to_string(), "dev", dev, "managed"])
-                .status();
-            if !status.is_ok_and(|s| s.success()) {
-                tracing::warn!("could not keep the neighbour {addr} on {dev} resolved; its first packets go through the kernel");
+    /// Follows the backends `ids` (those a compile changed) to what `tables` holds now.
+    /// Problems are reported, never fatal: the kernel path still resolves `dnat` next
+    /// hops on its own.
+    pub fn update(&mut self, tables: &Tables, ids: &[u32]) {
+        let (mut started, mut stopped) = (Vec::new(), Vec::new());
+        for &id in ids {
+            let new = tables.backend(id).map(|b| ip_of(&b.addr, b.family));
+            let old = match new {
+                Some(a) => self.by_id.insert(id, a),
+                None => self.by_id.remove(&id),
+            };
+            if old == new {
+                continue;
+            }
+            if let Some(a) = new {
+                let e = self.addrs.entry(a).or_insert((0, None));
+                e.0 += 1;
+                if e.0 == 1 {
+                    started.push(a);
+                }
+            }
+            if let Some(a) = old {
+                let e = self.addrs.get_mut(&a).expect("a used address is counted");
+                e.0 -= 1;
+                if e.0 == 0 {
+                    stopped.push(a);
+                }
             }
         }
-        for (addr, dev) in self.managed.difference(&wanted) {
-            let _ =
-                Command::new("ip").args(["neigh", "del", &addr.to_string(), "dev", dev]).status();
+        // An address may stop and start again within one update: it keeps its hop.
+        stopped.retain(|a| self.addrs.get(a).is_some_and(|e| e.0 == 0));
+        started.retain(|a| self.addrs.get(a).is_some_and(|e| e.1.is_none()));
+        let hops = next_hops(&started);
+        let mut commands = Vec::new();
+        for (a, hop) in started.iter().zip(hops) {
+            let Some(hop) = hop else { continue };
+            let n = self.managed.entry(hop.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                commands.push(format!("neigh replace {} dev {} managed", hop.0, hop.1));
+            }
+            self.addrs.get_mut(a).expect("counted above").1 = Some(hop);
         }
-        self.managed = wanted;
+        for a in stopped {
+            let Some((_, Some(hop))) = self.addrs.remove(&a) else { continue };
+            let n = self.managed.get_mut(&hop).expect("a hop in use is counted");
+            *n -= 1;
+            if *n == 0 {
+                self.managed.remove(&hop);
+                commands.push(format!("neigh del {} dev {}", hop.0, hop.1));
+            }
+        }
+        if !ip_batch(&commands) {
+            tracing::warn!("could not keep every backend's neighbour resolved; the first packets of those go through the kernel");
+        }
     }
+
+    /// Makes every entry again (after something flushed the namespace's neighbour
+    /// table: opening DPDK af_packet ports does).
+    pub fn resync(&mut self) {
+        let commands: Vec<String> = self
+            .managed
+            .keys()
+            .map(|(a, dev)| format!("neigh replace {a} dev {dev} managed"))
+            .collect();
+        if !ip_batch(&commands) {
+            tracing::warn!("could not make the backends' neighbour entries again");
+        }
+    }
+}
+
+/// The next hop of each of `dsts` (as the kernel routes it now), in one `ip` process.
+fn next_hops(dsts: &[IpAddr]) -> Vec<Option<Hop>> {
+    if dsts.is_empty() {
+        return Vec::new();
+    }
+    let input: String = dsts.iter().map(|d| format!("route get {d}\n")).collect();
+    let out = run_ip(&["-j", "-force", "-batch", "-"], &input).unwrap_or_default();
+    // One JSON array a line; an unroutable address prints nothing, so match by `dst`.
+    let mut found: HashMap<IpAddr, Hop> = HashMap::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(route) = v.get(0) else { continue };
+        let dst = route.get("dst").and_then(|d| d.as_str()).and_then(|d| d.parse().ok());
+        let dev = route.get("dev").and_then(|d| d.as_str()).filter(|d| *d != "lo");
+        let (Some(dst), Some(dev)) = (dst, dev) else { continue };
+        let via = route.get("gateway").and_then(|g| g.as_str()).and_then(|g| g.parse().ok());
+        found.insert(dst, (via.unwrap_or(dst), dev.to_owned()));
+    }
+    dsts.iter().map(|d| found.get(d).cloned()).collect()
+}
+
+/// Runs `commands` in one `ip -force -batch -`; false if any failed.
+fn ip_batch(commands: &[String]) -> bool {
+    if commands.is_empty() {
+        return true;
+    }
+    let input: String = commands.iter().map(|c| format!("{c}\n")).collect();
+    run_ip(&["-force", "-batch", "-"], &input).is_some()
+}
+
+/// `ip args` fed `input`: its output when it succeeded.
+fn run_ip(args: &[&str], input: &str) -> Option<String> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // A failed route lookup fails the batch, yet the others printed their routes.
+    (out.status.success() || args.contains(&"-j")).then_some(text)
 }

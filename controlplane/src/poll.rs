@@ -6,7 +6,7 @@ use crate::dataplane::{Dataplane, Flow, QueueStatus, Snapshot};
 use anyhow::{bail, Result};
 use vipr_config::{Config, DataplaneKind};
 use vipr_dataplane::pipeline::SharedTables;
-use vipr_dataplane::tables::Tables;
+use vipr_dataplane::tables::{Tables, TablesChanges};
 use vipr_poll::Engine;
 use vipr_xdp::ProgramReport;
 
@@ -97,26 +97,15 @@ impl Dataplane for PollDataplane {
         Ok(())
     }
 
-    fn program(&mut self, tables: &Tables) -> Result<ProgramReport> {
+    /// A whole new snapshot for the workers (a copy of the tables: the workers read
+    /// them while the compiler goes on changing its own).
+    fn program(&mut self, tables: &Tables, changes: &TablesChanges) -> Result<ProgramReport> {
         self.tables.store(tables.clone());
-        let rings_written = match &self.programmed {
-            Some(p) => tables
-                .vips
-                .iter()
-                .filter(|(k, v)| {
-                    p.vips.get(*k).is_none_or(|o| !std::sync::Arc::ptr_eq(&o.ring, &v.ring))
-                })
-                .count(),
-            None => tables.vips.len(),
-        };
         let report = ProgramReport {
-            vips_written: rings_written,
-            vips_removed: self
-                .programmed
-                .as_ref()
-                .map_or(0, |p| p.vips.keys().filter(|k| !tables.vips.contains_key(*k)).count()),
-            rings_written,
-            backends_written: tables.backends.iter().filter(|b| b.family != 0).count(),
+            vips_written: changes.vips.len(),
+            vips_removed: changes.removed.len(),
+            rings_written: changes.vips.len(),
+            backends_written: changes.backends.len(),
             ..ProgramReport::default()
         };
         self.programmed = Some(tables.clone());

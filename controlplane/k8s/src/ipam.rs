@@ -3,11 +3,12 @@
 //!
 //! # Contract
 //!
-//! [`Ipam::reconcile`] takes every Service currently known and returns an [`IpamPlan`]:
-//! the `status.loadBalancer.ingress` lists to write (only where the Service's status
-//! differs; an empty list clears it) and the Events to emit. It is idempotent: once the
-//! plan is applied, the next call with the same Services plans nothing. A write that
-//! failed is planned again on the next call, since the status still differs.
+//! [`Ipam::reconcile`] takes every Service currently known (by reference, in any order)
+//! and returns an [`IpamPlan`]: the `status.loadBalancer.ingress` lists to write (only
+//! where the Service's status differs; an empty list clears it) and the Events to emit.
+//! It is idempotent: once the plan is applied, the next call with the same Services
+//! plans nothing. A write that failed is planned again on the next call, since the
+//! status still differs.
 //!
 //! - Ours: type LoadBalancer and our [`LbClass`] (or no class when we are the default),
 //!   not being deleted.
@@ -129,14 +130,16 @@ impl Ipam {
         self.holders.get(&addr)
     }
 
-    pub fn reconcile(&mut self, services: &[Service]) -> IpamPlan {
+    /// `services`: every Service known, in any order (a store's, without copies).
+    pub fn reconcile<'s>(&mut self, services: impl IntoIterator<Item = &'s Service>) -> IpamPlan {
+        let services: Vec<&Service> = services.into_iter().collect();
         let mut plan = IpamPlan::default();
         let existing: BTreeMap<ObjectRef, &Service> =
-            services.iter().map(|s| (ObjectRef::service(s), s)).collect();
+            services.iter().map(|&s| (ObjectRef::service(s), s)).collect();
         let mut wants: Vec<Want> = services
             .iter()
             .filter(|s| self.class.owns(s) && s.metadata.deletion_timestamp.is_none())
-            .map(want)
+            .map(|&s| want(s))
             .collect();
         // Oldest first: when two Services claim one address, the older keeps it.
         wants.sort_by(|a, b| created(a.svc).cmp(&created(b.svc)).then_with(|| a.me.cmp(&b.me)));

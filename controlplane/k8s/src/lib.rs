@@ -8,6 +8,10 @@
 //!   backends sorted by address, port), whatever order the objects came in. A bad
 //!   object never makes it panic or fail: what cannot be used is skipped and reported as
 //!   a [`Warning`] naming the object (`Service default/web: ...`).
+//! - [`Translator`] gives the same VIPs as [`translate()`], one watch event at a time:
+//!   it translates again only the Services an event touched and hands out what changed
+//!   ([`TranslationChanges`]), so an endpoint change costs the same at 10k Services as
+//!   at one.
 //! - [`Ipam`] is pure too: it is fed the current Services and answers which
 //!   `status.loadBalancer.ingress` to write and which Events to emit. It rebuilds its
 //!   allocations from the statuses it is shown, so a restarted controller hands out
@@ -20,7 +24,7 @@
 //! serve only `v1beta1`: [`v1beta1::EndpointSlice`] reads that shape and converts it.
 //!
 //! Nothing above talks to an API server. The `live` cargo feature adds [`live`]: kube-rs
-//! reflectors, the Lease, status writes and Events around the same pure functions.
+//! watchers feeding a [`Translator`], the Lease, status writes and Events.
 
 #![deny(unsafe_code)]
 
@@ -37,8 +41,8 @@ pub use ipam::{EventKind, Ipam, IpamEvent, IpamPlan, StatusUpdate};
 pub use manifests::{load_manifests, parse_manifests, ManifestError, ManifestWarning, Manifests};
 pub use object::{Kind, LbClass, ObjectRef};
 pub use translate::{
-    translate, Inputs, Mode, Options, Problem, ServiceVip, Translation, Translator, VipKind,
-    Warning,
+    translate, Inputs, Mode, Options, Problem, ServiceVip, Translation, TranslationChanges,
+    Translator, VipKind, Warning,
 };
 
 /// Re-exported so callers name the same Kubernetes types this crate was built with.

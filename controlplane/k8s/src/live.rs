@@ -1,32 +1,41 @@
-//! The live Kubernetes source: reflectors for Services, EndpointSlices and Nodes feed
-//! [`translate`]; the Lease holder runs [`Ipam`] and writes what it plans.
+//! The live Kubernetes source: watchers for Services, EndpointSlices and Nodes feed a
+//! [`Translator`] event by event; the Lease holder runs [`Ipam`] and writes what it
+//! plans.
 //!
 //! # Contract
 //!
 //! - [`run`] discovers whether the cluster serves EndpointSlices as
-//!   `discovery.k8s.io/v1` (1.21+) or only `v1beta1` (1.20) and reads that one.
-//! - It calls `on_change(translation, first_event)` once all three caches are filled,
-//!   then after every change that alters the translation (bursts coalesced into one
-//!   call). `first_event` is when the earliest watch event behind this translation
-//!   arrived, so the caller can time event-to-programmed. Events that change nothing
-//!   (a Node heartbeat, a relist of what was already known) deliver nothing.
+//!   `discovery.k8s.io/v1` (1.21+) or only `v1beta1` (1.20) and reads that one (each
+//!   v1beta1 event converted to v1 as it arrives).
+//! - Every watch event goes, with its arrival time, to one loop that owns the
+//!   translator: an Apply or Delete is applied at once; a (re)list is buffered and
+//!   handed over whole when complete (`replace_*`), so a relist after an outage or a
+//!   410 Gone from a compacted etcd replaces a kind's objects in one step: nothing is
+//!   flushed in between, and objects that did not change cost nothing.
+//! - It calls `on_change(changes, translator, first_event)` with the initial changes
+//!   once all three kinds finished their first list, then after every burst of events
+//!   (coalesced: the queue is drained before [`Translator::take_changes`]) whose changes
+//!   are not empty. `first_event` is when the earliest event behind the call arrived, so
+//!   the caller can time event-to-programmed. Events that change nothing (a Node
+//!   heartbeat, a relist of what was already known) deliver nothing.
 //! - While the API server is away the watchers retry with backoff (capped at
 //!   `LiveConfig::retry_max`) and `on_change` is not called: what is programmed stays as
-//!   it is. A relist (after an outage or a 410 Gone from a compacted etcd) replaces a
-//!   cache in one step when the new list is complete, so nothing is flushed in between.
+//!   it is.
 //! - One writer at a time: only the holder of the `coordination.k8s.io/v1` Lease
 //!   (`LiveConfig::lease_*`) allocates LoadBalancer addresses, writes them through the
 //!   Services' status subresource (JSON merge patch, field manager `vipr-<identity>`)
 //!   and emits Events (`events.k8s.io/v1`). A new holder starts from the statuses
 //!   ([`Ipam`] rebuilds from them), so a failover hands out nothing twice. Expiry is
 //!   judged from the Lease's renewTime against this host's clock.
-//! - Failed writes are retried on the next pass (at the latest every
-//!   `LiveConfig::resync`), since the status still differs.
+//! - IPAM plans on a Service event, a change of leadership and every
+//!   `LiveConfig::resync` (not on slice or Node events, which change no status it
+//!   writes); failed writes are retried on the next pass, since the status still
+//!   differs.
 //! - Dropping the [`run`] future (or aborting its task) stops its watchers and its Lease
 //!   renewal at once; a rival takes the Lease over when it expires.
 
 use crate::ipam::{EventKind, Ipam, IpamPlan};
-use crate::translate::{Options, Translation, Translator};
+use crate::translate::{Options, TranslationChanges, Translator};
 use crate::v1beta1;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -35,7 +44,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -211,39 +219,61 @@ impl Backoff for Retry {
     }
 }
 
-/// Reflects `api` into a store from a task of `tasks`, which sends the arrival time of
-/// every event that can change the store to `changed`. Errors (API server away, 410
-/// Gone) are logged and counted; the watcher backs off and relists by itself.
-fn reflect<K>(
+/// A watch event ([`watcher::Event`]) with its object shared, so the main loop moves
+/// a pointer rather than the object.
+enum Watched<K> {
+    Init,
+    InitApply(Arc<K>),
+    InitDone,
+    Apply(Arc<K>),
+    Delete(Arc<K>),
+}
+
+/// One watch event of one kind, slices in their v1 shape.
+enum Change {
+    Service(Watched<Service>),
+    Slice(Watched<EndpointSlice>),
+    Node(Watched<Node>),
+}
+
+/// A watch event and when it arrived.
+type Arrival = (Instant, Change);
+
+/// Watches `api` from a task of `tasks` and sends every event, its object made a `T`
+/// by `convert` and the event a [`Change`] by `wrap`, with its arrival time to
+/// `changes`. Errors (API server away, 410 Gone) are logged and counted; the watcher
+/// backs off and relists by itself.
+fn forward<K, T>(
     api: Api<K>,
     cfg: &LiveConfig,
     tasks: &mut JoinSet<()>,
-    changed: mpsc::UnboundedSender<Instant>,
-) -> Store<K>
-where
+    changes: mpsc::UnboundedSender<Arrival>,
+    convert: fn(K) -> T,
+    wrap: fn(Watched<T>) -> Change,
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
-        + Sync
         + 'static,
+    T: 'static,
 {
-    let (store, writer) = reflector::store();
     let stats = cfg.stats.clone();
-    let mut stream = watcher(api, watcher::Config::default())
-        .backoff(Retry::new(cfg.retry_max))
-        .reflect(writer)
-        .boxed();
+    let mut stream =
+        watcher(api, watcher::Config::default()).backoff(Retry::new(cfg.retry_max)).boxed();
     tasks.spawn(async move {
         while let Some(event) = stream.next().await {
             let at = Instant::now();
-            match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+            let event = match event {
+                Ok(watcher::Event::Init) => Watched::Init,
+                Ok(watcher::Event::InitApply(o)) => Watched::InitApply(Arc::new(convert(o))),
                 Ok(watcher::Event::InitDone) => {
                     stats.lists.fetch_add(1, Ordering::Relaxed);
+                    Watched::InitDone
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Ok(watcher::Event::Apply(o)) => Watched::Apply(Arc::new(convert(o))),
+                Ok(watcher::Event::Delete(o)) => Watched::Delete(Arc::new(convert(o))),
                 Err(e) => {
                     stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                     if matches!(&e, watcher::Error::WatchError(s) if s.code == 410) {
@@ -252,58 +282,140 @@ where
                     tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
                     continue;
                 }
-            }
-            if changed.send(at).is_err() {
+            };
+            if changes.send((at, wrap(event))).is_err() {
                 return;
             }
         }
     });
-    store
 }
 
-enum Slices {
-    V1(Store<EndpointSlice>),
-    V1beta1(Store<v1beta1::EndpointSlice>),
+/// The main loop's state between events.
+struct State {
+    translator: Translator,
+    relists: Relists,
+    /// Arrival of the earliest event not yet translated.
+    pending: Option<Instant>,
+    /// IPAM plans again on a Service event, a leadership change or the resync tick,
+    /// never on a slice or Node event: those change no status it writes.
+    ipam_due: bool,
 }
 
-/// v1 conversions of v1beta1 slices, by the address of the v1beta1 object (held, so the
-/// address cannot be reused by another object while its entry exists).
-type Converted =
-    std::collections::HashMap<usize, (Arc<v1beta1::EndpointSlice>, Arc<EndpointSlice>)>;
-
-impl Slices {
-    /// The slices in their v1 shape; an object the store did not replace keeps its `Arc`
-    /// (and is not converted again), so the [`Translator`] sees it unchanged.
-    fn snapshot(&self, converted: &mut Converted) -> Vec<Arc<EndpointSlice>> {
-        match self {
-            Slices::V1(s) => s.state(),
-            Slices::V1beta1(s) => {
-                let mut next = Converted::with_capacity(converted.len());
-                let out = s
-                    .state()
-                    .into_iter()
-                    .map(|beta| {
-                        let at = Arc::as_ptr(&beta) as usize;
-                        let v1 = match converted.remove(&at) {
-                            Some((_, v1)) => v1,
-                            None => Arc::new((*beta).clone().into_v1()),
-                        };
-                        next.insert(at, (beta, v1.clone()));
-                        v1
-                    })
-                    .collect();
-                *converted = next;
-                out
-            }
+impl State {
+    fn handle(&mut self, (at, change): Arrival) {
+        let applied = self.relists.apply(&mut self.translator, change);
+        if applied.translation {
+            self.pending.get_or_insert(at);
         }
+        self.ipam_due |= applied.services;
+    }
+}
+
+/// Relists in progress: the objects listed so far, per kind, until its InitDone.
+#[derive(Default)]
+struct Relists {
+    services: Option<Vec<Arc<Service>>>,
+    slices: Option<Vec<Arc<EndpointSlice>>>,
+    nodes: Option<Vec<Arc<Node>>>,
+    /// Which kinds finished a first list: services, slices, nodes.
+    listed: [bool; 3],
+}
+
+/// What one event did, for the main loop.
+struct Applied {
+    /// It can change the translation (Init and InitApply only buffer).
+    translation: bool,
+    /// It can change the Services IPAM reads.
+    services: bool,
+}
+
+impl Relists {
+    fn ready(&self) -> bool {
+        self.listed.iter().all(|&l| l)
     }
 
-    async fn wait_until_ready(&self) {
-        // A dropped writer means the watcher ended; the main loop notices that itself.
-        let _ = match self {
-            Slices::V1(s) => s.wait_until_ready().await,
-            Slices::V1beta1(s) => s.wait_until_ready().await,
+    /// A (re)list begins: nothing changes until it is complete.
+    fn start<K>(buffer: &mut Option<Vec<Arc<K>>>) -> bool {
+        *buffer = Some(Vec::new());
+        false
+    }
+
+    fn buffer<K>(buffer: &mut Option<Vec<Arc<K>>>, object: Arc<K>) -> bool {
+        buffer.get_or_insert_with(Vec::new).push(object);
+        false
+    }
+
+    /// Hands `change` to the translator: a whole relist as one `replace_*`, so objects
+    /// that did not change cost nothing and nothing is flushed in between.
+    fn apply(&mut self, t: &mut Translator, change: Change) -> Applied {
+        let meta = |m: &ObjectMeta| {
+            (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
         };
+        let (translation, services) = match change {
+            Change::Service(e) => {
+                let changed = match e {
+                    Watched::Init => Self::start(&mut self.services),
+                    Watched::InitApply(s) => Self::buffer(&mut self.services, s),
+                    Watched::InitDone => {
+                        t.replace_services(self.services.take().unwrap_or_default());
+                        self.listed[0] = true;
+                        true
+                    }
+                    Watched::Apply(s) => {
+                        t.apply_service(s);
+                        true
+                    }
+                    Watched::Delete(s) => {
+                        let (ns, name) = meta(&s.metadata);
+                        t.delete_service(&ns, &name);
+                        true
+                    }
+                };
+                (changed, changed)
+            }
+            Change::Slice(e) => {
+                let changed = match e {
+                    Watched::Init => Self::start(&mut self.slices),
+                    Watched::InitApply(s) => Self::buffer(&mut self.slices, s),
+                    Watched::InitDone => {
+                        t.replace_slices(self.slices.take().unwrap_or_default());
+                        self.listed[1] = true;
+                        true
+                    }
+                    Watched::Apply(s) => {
+                        t.apply_slice(s);
+                        true
+                    }
+                    Watched::Delete(s) => {
+                        let (ns, name) = meta(&s.metadata);
+                        t.delete_slice(&ns, &name);
+                        true
+                    }
+                };
+                (changed, false)
+            }
+            Change::Node(e) => {
+                let changed = match e {
+                    Watched::Init => Self::start(&mut self.nodes),
+                    Watched::InitApply(n) => Self::buffer(&mut self.nodes, n),
+                    Watched::InitDone => {
+                        t.replace_nodes(self.nodes.take().unwrap_or_default());
+                        self.listed[2] = true;
+                        true
+                    }
+                    Watched::Apply(n) => {
+                        t.apply_node(n);
+                        true
+                    }
+                    Watched::Delete(n) => {
+                        t.delete_node(&meta(&n.metadata).1);
+                        true
+                    }
+                };
+                (changed, false)
+            }
+        };
+        Applied { translation, services }
     }
 }
 
@@ -316,35 +428,49 @@ fn field_manager(identity: &str) -> String {
 /// Runs the source until the watchers end (they do not, short of a panic).
 pub async fn run<F>(client: Client, cfg: LiveConfig, mut on_change: F) -> Result<(), LiveError>
 where
-    F: FnMut(&Translation, Instant) + Send,
+    F: FnMut(&TranslationChanges, &Translator, Instant) + Send,
 {
     let slice_api = discover_slice_api(&client).await?;
     // Watchers and the Lease renewal live in `tasks`: dropping `run` aborts them.
     let mut tasks = JoinSet::new();
     let (tx, mut changes) = mpsc::unbounded_channel();
-    let services = reflect(Api::<Service>::all(client.clone()), &cfg, &mut tasks, tx.clone());
-    let nodes = reflect(Api::<Node>::all(client.clone()), &cfg, &mut tasks, tx.clone());
-    let slices = match slice_api {
-        SliceApi::V1 => Slices::V1(reflect(
-            Api::<EndpointSlice>::all(client.clone()),
-            &cfg,
-            &mut tasks,
-            tx.clone(),
-        )),
-        SliceApi::V1beta1 => Slices::V1beta1(reflect(
-            Api::<v1beta1::EndpointSlice>::all(client.clone()),
-            &cfg,
-            &mut tasks,
-            tx.clone(),
-        )),
-    };
+    use std::convert::identity as same;
+    let services = Api::<Service>::all(client.clone());
+    forward(services, &cfg, &mut tasks, tx.clone(), same, Change::Service);
+    let nodes = Api::<Node>::all(client.clone());
+    forward(nodes, &cfg, &mut tasks, tx.clone(), same, Change::Node);
+    match slice_api {
+        SliceApi::V1 => {
+            let api = Api::<EndpointSlice>::all(client.clone());
+            forward(api, &cfg, &mut tasks, tx.clone(), same, Change::Slice);
+        }
+        SliceApi::V1beta1 => {
+            // Converted as each event arrives: the translator reads the v1 shape.
+            let api = Api::<v1beta1::EndpointSlice>::all(client.clone());
+            forward(
+                api,
+                &cfg,
+                &mut tasks,
+                tx.clone(),
+                v1beta1::EndpointSlice::into_v1,
+                Change::Slice,
+            );
+        }
+    }
     drop(tx);
 
-    let _ = services.wait_until_ready().await;
-    let _ = nodes.wait_until_ready().await;
-    slices.wait_until_ready().await;
-    // The first translation is due whatever arrived; it is timed from the first event.
-    let mut pending = Some(changes.try_recv().unwrap_or_else(|_| Instant::now()));
+    let mut state = State {
+        translator: Translator::new(cfg.options.clone()),
+        relists: Relists::default(),
+        pending: None,
+        ipam_due: true,
+    };
+    // The first translation waits for all three lists; it is timed from the first event.
+    while !state.relists.ready() {
+        let Some((at, change)) = changes.recv().await else { return Ok(()) };
+        state.pending.get_or_insert(at);
+        state.handle((at, change));
+    }
 
     let (leader_tx, mut leader) = watch::channel(false);
     // With no Lease to hold, the sender stays here as long as `run`, so that
@@ -362,46 +488,39 @@ where
     let params =
         PatchParams { field_manager: Some(field_manager(&cfg.identity)), ..PatchParams::default() };
     let mut ipam: Option<Ipam> = None;
-    let mut last: Option<Translation> = None;
-    let mut translator = Translator::new(cfg.options.clone());
-    let mut converted = Converted::new();
     let mut resync = tokio::time::interval(cfg.resync);
     loop {
-        // Coalesce a burst (a relist, a rollout) into one translation.
-        while let Ok(at) = changes.try_recv() {
-            pending.get_or_insert(at);
+        // Coalesce a burst (a rollout, other kinds' events during a relist) into one call.
+        while let Ok(arrival) = changes.try_recv() {
+            state.handle(arrival);
         }
-        if let Some(first_event) = pending.take() {
-            let translation = translator.translate(
-                &services.state(),
-                &slices.snapshot(&mut converted),
-                &nodes.state(),
-            );
-            if last.as_ref() != Some(&translation) {
-                on_change(&translation, first_event);
+        if let Some(first_event) = state.pending.take() {
+            let changes = state.translator.take_changes();
+            if !changes.is_empty() {
+                on_change(&changes, &state.translator, first_event);
                 cfg.stats.translations.fetch_add(1, Ordering::Relaxed);
-                last = Some(translation);
             }
         }
 
         if *leader.borrow_and_update() {
-            // A new holder starts afresh from the statuses, whatever it knew before.
-            let ipam =
-                ipam.get_or_insert_with(|| Ipam::new(cfg.pools.clone(), cfg.options.class.clone()));
-            let all: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-            let plan = ipam.reconcile(&all);
-            apply(&client, &recorder, &params, &services, plan).await;
+            if std::mem::take(&mut state.ipam_due) {
+                // A new holder starts afresh from the statuses, whatever it knew before.
+                let ipam = ipam
+                    .get_or_insert_with(|| Ipam::new(cfg.pools.clone(), cfg.options.class.clone()));
+                let plan = ipam.reconcile(state.translator.services().map(|s| &**s));
+                apply(&client, &recorder, &params, &state.translator, plan).await;
+            }
         } else {
             ipam = None;
         }
 
         tokio::select! {
             next = changes.recv() => match next {
-                Some(at) => pending = Some(at),
+                Some(arrival) => state.handle(arrival),
                 None => return Ok(()),
             },
-            _ = leader.changed() => {}
-            _ = resync.tick() => {}
+            _ = leader.changed() => state.ipam_due = true,
+            _ = resync.tick() => state.ipam_due = true,
         }
     }
 }
@@ -410,7 +529,7 @@ async fn apply(
     client: &Client,
     recorder: &Recorder,
     params: &PatchParams,
-    services: &Store<Service>,
+    translator: &Translator,
     plan: IpamPlan,
 ) {
     for update in plan.status_updates {
@@ -424,8 +543,9 @@ async fn apply(
         }
     }
     for event in plan.events {
-        let key = reflector::ObjectRef::new(&event.service.name).within(&event.service.namespace);
-        let uid = services.get(&key).and_then(|s| s.metadata.uid.clone());
+        let uid = translator
+            .service(&event.service.namespace, &event.service.name)
+            .and_then(|s| s.metadata.uid.clone());
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Service".into()),

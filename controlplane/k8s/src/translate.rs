@@ -10,6 +10,10 @@
 //! by (namespace, name) keeps it, the other gets a warning, so the compiler never sees
 //! a duplicate.
 //!
+//! [`Translator`] gives the same VIPs event by event: it holds the objects, is told
+//! each watch event, translates again only the Services an event touched and hands
+//! out what changed in the output ([`TranslationChanges`]).
+//!
 //! # Rules
 //!
 //! Services of type ExternalName, headless Services (`clusterIP: None`) and ports of a
@@ -58,6 +62,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use vipr_abi::{DEFAULT_RING_MAX, PROTO_TCP, PROTO_UDP};
 use vipr_dataplane::tables::{BackendSpec, VipSpec};
+
+mod incremental;
+pub use incremental::{TranslationChanges, Translator};
 
 /// Kubernetes' default sessionAffinity ClientIP timeout, and its maximum.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
@@ -221,128 +228,6 @@ pub fn translate(inputs: &Inputs, opts: &Options) -> Translation {
     out.finish()
 }
 
-/// [`translate`] for a source that calls it again after every change: only the Services
-/// whose Service or EndpointSlice objects changed since the last call are translated
-/// again; the others reuse their VIPs. Objects are compared by `Arc` identity, which a
-/// reflector's store keeps for an object that did not change (and replaces when it
-/// does), so telling what changed costs a pointer compare. A change of any Node (rare:
-/// kubelets renew Leases, not Nodes) translates everything again.
-///
-/// The VIPs equal those of [`translate`] on the same objects. Warnings too, except that
-/// a slice of a Service that does not exist is not reported, and "node not found"
-/// comes once a Service rather than once.
-#[derive(Default)]
-pub struct Translator {
-    opts: Options,
-    nodes: Vec<std::sync::Arc<Node>>,
-    node_objects: Vec<Node>,
-    /// The Services in (namespace, name) order, as of the last call.
-    order: Vec<std::sync::Arc<Service>>,
-    /// By the address of the Service object (held in `Fragment::svc`, so no other object
-    /// can have that address while the entry exists).
-    cache: hashbrown::HashMap<usize, Fragment>,
-    /// Services translated again by the last call.
-    pub retranslated: usize,
-}
-
-struct Fragment {
-    svc: std::sync::Arc<Service>,
-    slices: Vec<std::sync::Arc<EndpointSlice>>,
-    vips: Vec<ServiceVip>,
-    warnings: Vec<Warning>,
-}
-
-impl Translator {
-    pub fn new(opts: Options) -> Self {
-        Translator { opts, ..Translator::default() }
-    }
-
-    pub fn translate(
-        &mut self,
-        services: &[std::sync::Arc<Service>],
-        slices: &[std::sync::Arc<EndpointSlice>],
-        nodes: &[std::sync::Arc<Node>],
-    ) -> Translation {
-        use std::sync::Arc;
-        let at = |o: &Arc<Service>| Arc::as_ptr(o) as usize;
-        let mut nodes: Vec<Arc<Node>> = nodes.to_vec();
-        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let same_nodes = nodes.len() == self.nodes.len()
-            && nodes.iter().zip(&self.nodes).all(|(a, b)| Arc::ptr_eq(a, b));
-        if !same_nodes {
-            self.cache.clear();
-            self.node_objects = nodes.iter().map(|n| (**n).clone()).collect();
-            self.nodes = nodes;
-        }
-        let mut out = Out::default();
-        let node_index = NodeIndex::new(&self.node_objects, &mut out);
-
-        let mut by_service: hashbrown::HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
-            hashbrown::HashMap::with_capacity(slices.len());
-        for s in slices {
-            if let Some(service) =
-                s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                by_service.entry((namespace(&s.metadata), service.as_str())).or_default().push(s);
-            }
-        }
-        for group in by_service.values_mut() {
-            if group.len() > 1 {
-                group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            }
-        }
-        // Services change far less often than endpoints: sort only when one did.
-        let same_services = services.len() == self.order.len()
-            && services
-                .iter()
-                .all(|s| self.cache.get(&at(s)).is_some_and(|f| Arc::ptr_eq(&f.svc, s)));
-        if !same_services {
-            let mut order = services.to_vec();
-            order.sort_by(|a, b| service_key(a).cmp(&service_key(b)));
-            self.order = order;
-        }
-        let mut cache = hashbrown::HashMap::with_capacity(self.order.len());
-        self.retranslated = 0;
-        for svc in &self.order {
-            let mine: &[&Arc<EndpointSlice>] =
-                by_service.get(&service_key(svc)).map_or(&[], Vec::as_slice);
-            let fragment = match self.cache.remove(&at(svc)) {
-                Some(f)
-                    if Arc::ptr_eq(&f.svc, svc)
-                        && f.slices.len() == mine.len()
-                        && f.slices.iter().zip(mine).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-                {
-                    f
-                }
-                _ => {
-                    self.retranslated += 1;
-                    let objects: Vec<EndpointSlice> = mine.iter().map(|s| (***s).clone()).collect();
-                    let mut o = Out::default();
-                    let slice_index = SliceIndex::new(&objects, &mut o);
-                    let cx = ServiceCx {
-                        svc,
-                        opts: &self.opts,
-                        slices: &slice_index,
-                        nodes: &node_index,
-                    };
-                    cx.translate(&mut o, &mut false);
-                    Fragment {
-                        svc: svc.clone(),
-                        slices: mine.iter().map(|s| (*s).clone()).collect(),
-                        vips: o.vips,
-                        warnings: o.warnings,
-                    }
-                }
-            };
-            out.vips.extend(fragment.vips.iter().cloned());
-            out.warnings.extend(fragment.warnings.iter().cloned());
-            cache.insert(at(svc), fragment);
-        }
-        self.cache = cache;
-        out.finish()
-    }
-}
-
 fn service_key(svc: &Service) -> (&str, &str) {
     (namespace(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""))
 }
@@ -368,19 +253,21 @@ impl Out {
             match kept.last() {
                 Some(k) if k.spec.key() == v.spec.key() => {
                     if k.service != v.service {
-                        warnings.push(Warning {
-                            object: v.service.clone(),
-                            problem: Problem::VipConflict {
-                                vip: vip_name(&v.spec),
-                                owner: k.service.clone(),
-                            },
-                        });
+                        warnings.push(conflict(&v, k));
                     }
                 }
                 _ => kept.push(v),
             }
         }
         Translation { vips: kept, warnings }
+    }
+}
+
+/// The warning for `loser`, whose VIP key `owner` serves.
+fn conflict(loser: &ServiceVip, owner: &ServiceVip) -> Warning {
+    Warning {
+        object: loser.service.clone(),
+        problem: Problem::VipConflict { vip: vip_name(&loser.spec), owner: owner.service.clone() },
     }
 }
 
@@ -417,8 +304,8 @@ struct SliceIndex<'a> {
 }
 
 impl<'a> SliceIndex<'a> {
-    fn new(slices: &'a [EndpointSlice], out: &mut Out) -> Self {
-        let mut sorted: Vec<&EndpointSlice> = slices.iter().collect();
+    fn new(slices: impl IntoIterator<Item = &'a EndpointSlice>, out: &mut Out) -> Self {
+        let mut sorted: Vec<&EndpointSlice> = slices.into_iter().collect();
         sorted.sort_by_key(|s| (namespace(&s.metadata), s.metadata.name.as_deref()));
         let mut by_service: HashMap<(&str, &str), Vec<Slice>> = HashMap::new();
         for s in sorted {
@@ -526,8 +413,11 @@ fn rank(e: &Endpoint) -> u8 {
     }
 }
 
-struct NodeInfo<'a> {
-    name: &'a str,
+/// What translation reads of a Node. It owns its strings, so the [`Translator`] keeps
+/// its index from one event to the next.
+#[derive(Clone, Debug, PartialEq)]
+struct NodeInfo {
+    name: String,
     ready: bool,
     excluded: bool,
     internal: Vec<IpAddr>,
@@ -535,52 +425,57 @@ struct NodeInfo<'a> {
     own: Vec<IpAddr>,
 }
 
-struct NodeIndex<'a> {
-    nodes: Vec<NodeInfo<'a>>,
+impl NodeInfo {
+    fn of(n: &Node, out: &mut Out) -> Self {
+        let me = ObjectRef::of(Kind::Node, &n.metadata);
+        let status = n.status.as_ref();
+        let ready = n.metadata.deletion_timestamp.is_none()
+            && status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+        let excluded =
+            n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(EXCLUDE_FROM_LB_LABEL));
+        let (mut internal, mut own) = (Vec::new(), Vec::new());
+        for a in status.and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+                continue;
+            }
+            let Ok(ip) = a.address.parse::<IpAddr>() else {
+                out.warn(
+                    &me,
+                    Problem::BadAddress { field: "status.addresses", value: a.address.clone() },
+                );
+                continue;
+            };
+            if a.type_ == "InternalIP" && !internal.contains(&ip) {
+                internal.push(ip);
+            }
+            if !own.contains(&ip) {
+                own.push(ip);
+            }
+        }
+        NodeInfo { name: me.name, ready, excluded, internal, own }
+    }
 }
 
-impl<'a> NodeIndex<'a> {
-    fn new(nodes: &'a [Node], out: &mut Out) -> Self {
-        let mut infos = Vec::new();
-        for n in nodes {
-            let me = ObjectRef::of(Kind::Node, &n.metadata);
-            let status = n.status.as_ref();
-            let ready = n.metadata.deletion_timestamp.is_none()
-                && status
-                    .and_then(|s| s.conditions.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-            let excluded =
-                n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(EXCLUDE_FROM_LB_LABEL));
-            let (mut internal, mut own) = (Vec::new(), Vec::new());
-            for a in status.and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
-                if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
-                    continue;
-                }
-                let Ok(ip) = a.address.parse::<IpAddr>() else {
-                    out.warn(
-                        &me,
-                        Problem::BadAddress { field: "status.addresses", value: a.address.clone() },
-                    );
-                    continue;
-                };
-                if a.type_ == "InternalIP" && !internal.contains(&ip) {
-                    internal.push(ip);
-                }
-                if !own.contains(&ip) {
-                    own.push(ip);
-                }
-            }
-            let name = n.metadata.name.as_deref().unwrap_or("");
-            infos.push(NodeInfo { name, ready, excluded, internal, own });
-        }
-        infos.sort_by_key(|n| n.name);
+/// The Nodes by name (stable: two of one name keep their input order).
+#[derive(Default)]
+struct NodeIndex {
+    nodes: Vec<NodeInfo>,
+}
+
+impl NodeIndex {
+    fn new<'n>(nodes: impl IntoIterator<Item = &'n Node>, out: &mut Out) -> Self {
+        let mut infos: Vec<NodeInfo> = nodes.into_iter().map(|n| NodeInfo::of(n, out)).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
         NodeIndex { nodes: infos }
     }
 
-    fn get(&self, name: &str) -> Option<&NodeInfo<'a>> {
-        self.nodes.iter().find(|n| n.name == name)
+    fn get(&self, name: &str) -> Option<&NodeInfo> {
+        let i = self.nodes.partition_point(|n| n.name.as_str() < name);
+        self.nodes.get(i).filter(|n| n.name == name)
     }
 }
 
@@ -616,7 +511,7 @@ struct ServiceCx<'a, 'b> {
     svc: &'b Service,
     opts: &'b Options,
     slices: &'b SliceIndex<'a>,
-    nodes: &'b NodeIndex<'a>,
+    nodes: &'b NodeIndex,
 }
 
 /// The VIP-independent facts of one Service, read once.
@@ -751,7 +646,7 @@ impl<'a> ServiceCx<'a, '_> {
         number: u16,
         proto: u8,
         node_name: &str,
-        node: Option<&NodeInfo<'a>>,
+        node: Option<&NodeInfo>,
         out: &mut Out,
     ) {
         let eps = self.endpoints(&facts.me, port);
@@ -851,7 +746,7 @@ impl<'a> ServiceCx<'a, '_> {
                 continue;
             };
             let (weight, draining) = if local {
-                match per_node.get(n.name) {
+                match per_node.get(n.name.as_str()) {
                     Some(&(active, _)) if active > 0 => (active, !n.ready),
                     Some(_) => (1, true),
                     None => continue,

@@ -21,16 +21,19 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use vipr_abi::VipKey;
 use vipr_config::Pool;
 use vipr_k8s::live::{self, LiveConfig, LiveError, LiveStats, SliceApi};
-use vipr_k8s::{fixtures, v1beta1, Options, Translation, VipKind};
+use vipr_k8s::{
+    fixtures, v1beta1, Options, ServiceVip, Translation, TranslationChanges, Translator, VipKind,
+};
 
 const NS: &str = "default";
 const LABEL: &str = "vipr.test/live";
@@ -276,7 +279,12 @@ async fn apiserver_outage(down: Duration) {
 
 /// One call of `on_change`.
 struct Delivery {
+    /// The VIPs served after this call, built up from every call's changes (the
+    /// warnings: this call's).
     t: Translation,
+    /// Those VIPs equal what the translator holds as its whole output.
+    consistent: bool,
+    initial: bool,
     first_event: Instant,
     at: Instant,
 }
@@ -310,11 +318,32 @@ impl Controller {
     fn start(env: &Env, cfg: LiveConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = cfg.stats.clone();
+        // What a consumer programs: the changes applied one call after the other.
+        let mut served: HashMap<VipKey, ServiceVip> = HashMap::new();
         let task = tokio::spawn(live::run(
             env.client.clone(),
             cfg,
-            move |t: &Translation, first_event| {
-                let _ = tx.send(Delivery { t: t.clone(), first_event, at: Instant::now() });
+            move |ch: &TranslationChanges, translator: &Translator, first_event| {
+                if ch.initial {
+                    served.clear();
+                }
+                for k in &ch.removes {
+                    served.remove(k);
+                }
+                for v in &ch.upserts {
+                    served.insert(v.spec.key(), v.clone());
+                }
+                let mut vips: Vec<ServiceVip> = served.values().cloned().collect();
+                vips.sort_by_key(|v| (v.spec.addr, v.spec.port, v.spec.proto));
+                let consistent = translator.translation().vips == vips;
+                let t = Translation { vips, warnings: ch.warnings.clone() };
+                let _ = tx.send(Delivery {
+                    t,
+                    consistent,
+                    initial: ch.initial,
+                    first_event,
+                    at: Instant::now(),
+                });
             },
         ));
         Controller { task, rx, stats, last: None }
@@ -333,6 +362,8 @@ impl Controller {
             loop {
                 let Some(d) = self.rx.recv().await else { panic!("the source stopped") };
                 assert!(d.first_event <= d.at, "the first event is not later than the delivery");
+                assert!(d.consistent, "the changes add up to other VIPs than the translator's");
+                assert_eq!(d.initial, self.last.is_none(), "only the first changes are initial");
                 self.last = Some(d.t.clone());
                 if ok(&d.t) {
                     return d;
@@ -354,6 +385,7 @@ impl Controller {
     fn drain(&mut self) -> Vec<Delivery> {
         let mut out = Vec::new();
         while let Ok(d) = self.rx.try_recv() {
+            assert!(d.consistent, "the changes add up to other VIPs than the translator's");
             self.last = Some(d.t.clone());
             out.push(d);
         }

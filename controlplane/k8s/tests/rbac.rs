@@ -7,7 +7,7 @@
 //! ServiceAccount (TokenRequest: a real service-account token, so the RBAC subjects of
 //! kind ServiceAccount match as in a cluster), and runs the live controller under it
 //! with the daemonset ConfigMap's `kubernetes:` settings and pools, through everything
-//! it does: the three reflectors, the Lease (create, then get and update), a
+//! it does: the three watchers, the Lease (create, then get and update), a
 //! LoadBalancer allocation written through services/status, an Event, and the same
 //! Event again (a patch of its series) after a change of `spec.loadBalancerIP`.
 //! Then, from the audit log (service accounts' requests only, at Metadata level):
@@ -459,7 +459,7 @@ async fn the_controller_under_deploys_service_account_uses_exactly_the_rbac_it_i
 
     // Run the controller through all it does, from this point of the audit log on.
     let from = std::fs::metadata(&log).map_or(0, |m| m.len());
-    let task = tokio::spawn(live::run(client, live_cfg, |_, _| {}));
+    let task = tokio::spawn(live::run(client, live_cfg, |_, _, _| {}));
     let watched = Watched { log: &log, from, user: &user };
 
     let mut svc = fixtures::service(SERVICE)

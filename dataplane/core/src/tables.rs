@@ -242,25 +242,54 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
 
 type BackendKey = (VipKey, BackendIdentity);
 
-/// A VIP's last ring: the backends it was built from, its size, its slots.
-type BuiltRing = (Vec<WeightedBackend>, u32, Arc<[u32]>);
-
-/// A VIP as the last compile left it.
+/// What the compiler knows of one VIP besides its entry in the tables.
 #[derive(Debug)]
-struct CompiledVip {
-    vip: Vip,
+struct VipState {
     /// Its backends: identity, id and what is programmed for them, in spec order.
     backends: Vec<(BackendIdentity, u32, BackendInfo)>,
+    /// The backends its ring was built from (active ones, canonical order).
+    weighted: Vec<WeightedBackend>,
 }
 
-/// Builds `Tables` from `DesiredState`, remembering ids, rings and each VIP's compiled
-/// form between calls, so a compile costs little more than the VIPs that changed.
+/// What one compile changed in the tables: all a programmer must write.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TablesChanges {
+    /// VIPs added or changed; their new form is in the tables.
+    pub vips: Vec<VipKey>,
+    /// VIPs removed.
+    pub removed: Vec<VipKey>,
+    /// Backend ids whose entry changed; a freed id now holds the empty entry.
+    pub backends: Vec<u32>,
+    pub settings: bool,
+    pub next_hops: bool,
+}
+
+impl TablesChanges {
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty()
+            && self.removed.is_empty()
+            && self.backends.is_empty()
+            && !self.settings
+            && !self.next_hops
+    }
+}
+
+/// Keeps `Tables` up to date with a desired state, given whole ([`Compiler::sync`]) or
+/// as VIP upserts and removals ([`Compiler::update`]). Work is proportional to what
+/// changed: an unchanged VIP costs a spec compare in `sync` and nothing in `update`.
+/// Ids stay stable across compiles (conntrack entries and counters refer to them), and
+/// a VIP whose active backends are unchanged keeps its ring. A compile that fails
+/// changes nothing: everything is checked before anything is applied.
 #[derive(Debug)]
 pub struct Compiler {
     vip_ids: Ids<VipKey>,
     backend_ids: Ids<BackendKey>,
-    rings: HashMap<VipKey, BuiltRing>,
-    cache: HashMap<VipKey, CompiledVip>,
+    tables: Tables,
+    vips: HashMap<VipKey, VipState>,
+    next_hop_specs: Vec<NextHopSpec>,
+    /// Whether ids adopted from a running dataplane were checked against a first desired
+    /// state (the ones it does not want are freed then).
+    synced: bool,
     /// Rings built (not reused) by the last compile: what a programmer must rewrite.
     pub rings_built: usize,
 }
@@ -270,17 +299,22 @@ impl Default for Compiler {
         Compiler {
             vip_ids: Ids::new(MAX_VIPS),
             backend_ids: Ids::new(MAX_BACKENDS),
-            rings: HashMap::new(),
-            cache: HashMap::new(),
+            tables: Tables::default(),
+            vips: HashMap::new(),
+            next_hop_specs: Vec::new(),
+            synced: false,
             rings_built: 0,
         }
     }
 }
 
+/// Below this many rings to build, threads cost more than they save.
+const PARALLEL_RINGS: usize = 256;
+
 impl Compiler {
     /// Starts from the ids of tables already programmed (read back from a pinned
     /// dataplane), so conntrack entries and counters keep meaning the same VIP and
-    /// backend after an agent restart. Call before the first `compile`.
+    /// backend after an agent restart. Call before the first compile.
     pub fn adopt_ids(
         &mut self,
         vips: impl IntoIterator<Item = (VipKey, u32)>,
@@ -290,21 +324,26 @@ impl Compiler {
         self.backend_ids.adopt(backends.into_iter().map(|(vip, b, id)| ((vip, b), id)));
     }
 
-    pub fn compile(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
-        let result = self.compile_from_cache(desired);
-        if result.is_err() {
-            // Ids may have moved under VIPs the cache still holds: start afresh.
-            self.cache.clear();
-        }
-        result
+    /// The tables as the last successful compile left them.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
-    fn compile_from_cache(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
-        self.check(desired)?;
+    /// [`Compiler::sync`], returning a copy of the whole tables.
+    pub fn compile(&mut self, desired: &DesiredState) -> Result<Tables, CompileError> {
+        self.sync(desired)?;
+        Ok(self.tables.clone())
+    }
+
+    /// Makes the tables those of `desired`, and says what changed.
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<TablesChanges, CompileError> {
+        check_unique(desired.vips.iter())?;
+        if desired.vips.len() > MAX_VIPS as usize {
+            return Err(CompileError::TooManyVips { count: desired.vips.len(), limit: MAX_VIPS });
+        }
         let wanted: hashbrown::HashSet<VipKey> = desired.vips.iter().map(VipSpec::key).collect();
-        if self.cache.is_empty() {
-            // First compile (or after an error): ids adopted or handed out before and
-            // not wanted now are freed here; later compiles free them VIP by VIP.
+        if !self.synced {
+            // Adopted ids the desired state does not use are free from now on.
             let wanted_backends: hashbrown::HashSet<BackendKey> = desired
                 .vips
                 .iter()
@@ -314,71 +353,108 @@ impl Compiler {
                 })
                 .collect();
             self.backend_ids.retain(|k| wanted_backends.contains(k));
-            self.rings.retain(|k, _| wanted.contains(k));
+            self.vip_ids.retain(|k| wanted.contains(k));
+            self.synced = true;
         }
-        // A VIP whose spec is what it was keeps its compiled form: no id lookups, no
-        // ring check. Changed and gone VIPs free the ids they no longer use first, so a
-        // full id space can take a replacement in the same compile.
-        let mut unchanged: hashbrown::HashSet<VipKey> = hashbrown::HashSet::new();
-        for spec in &desired.vips {
-            let key = spec.key();
-            match self.cache.get(&key) {
-                Some(c) if *c.vip.spec == *spec => {
-                    unchanged.insert(key);
-                }
-                Some(c) => {
-                    let kept: hashbrown::HashSet<BackendIdentity> =
-                        spec.backends.iter().map(identity).collect();
-                    for (b, _, _) in c.backends.iter().filter(|(b, _, _)| !kept.contains(b)) {
-                        self.backend_ids.release(&(key, *b));
-                    }
-                }
-                None => {}
-            }
+        let removes: Vec<VipKey> =
+            self.tables.vips.keys().filter(|k| !wanted.contains(*k)).copied().collect();
+        let upserts: Vec<&VipSpec> = desired
+            .vips
+            .iter()
+            .filter(|s| self.tables.vips.get(&s.key()).is_none_or(|v| *v.spec != **s))
+            .collect();
+        let mut changes = self.apply(&upserts, &removes)?;
+        if self.tables.settings != desired.settings {
+            self.tables.settings = desired.settings;
+            changes.settings = true;
         }
-        let gone: Vec<VipKey> =
-            self.cache.keys().filter(|k| !wanted.contains(*k)).copied().collect();
-        for key in gone {
-            let c = self.cache.remove(&key).expect("listed above");
-            for (b, _, _) in &c.backends {
-                self.backend_ids.release(&(key, *b));
-            }
-            self.vip_ids.release(&key);
-            self.rings.remove(&key);
+        if self.next_hop_specs != desired.next_hops {
+            self.tables.next_hops = NextHops::new(&desired.next_hops);
+            self.next_hop_specs = desired.next_hops.clone();
+            changes.next_hops = true;
         }
-        // Ids handed out before the cache knew them (adopted ones) and not wanted.
-        self.vip_ids.retain(|k| wanted.contains(k));
-        self.rings_built = 0;
+        Ok(changes)
+    }
 
-        let mut t = Tables {
-            settings: desired.settings,
-            next_hops: NextHops::new(&desired.next_hops),
-            ..Tables::default()
-        };
-        t.vips.reserve(desired.vips.len());
-        t.backends.reserve(self.backend_ids.next as usize);
-        for spec in &desired.vips {
-            let key = spec.key();
-            if unchanged.contains(&key) {
-                let c = &self.cache[&key];
-                for &(_, id, info) in &c.backends {
-                    put_backend(&mut t.backends, id, info);
+    /// Adds or replaces the VIPs `upserts` and removes the VIPs `removes` (removals
+    /// first, so a key in both ends up upserted), leaving every other VIP as it is.
+    pub fn update(
+        &mut self,
+        upserts: &[VipSpec],
+        removes: &[VipKey],
+    ) -> Result<TablesChanges, CompileError> {
+        check_unique(upserts.iter())?;
+        let upserts: Vec<&VipSpec> = upserts
+            .iter()
+            .filter(|s| {
+                removes.contains(&s.key())
+                    || self.tables.vips.get(&s.key()).is_none_or(|v| *v.spec != **s)
+            })
+            .collect();
+        self.synced = true;
+        self.apply(&upserts, removes)
+    }
+
+    /// Checks that ids suffice for the change, then applies it.
+    fn apply(
+        &mut self,
+        upserts: &[&VipSpec],
+        removes: &[VipKey],
+    ) -> Result<TablesChanges, CompileError> {
+        self.check_ids(upserts, removes)?;
+        self.rings_built = 0;
+        let mut ch = TablesChanges::default();
+        for key in removes {
+            if self.tables.vips.remove(key).is_some() {
+                let state = self.vips.remove(key).expect("a VIP in the tables has a state");
+                for &(b, id, _) in &state.backends {
+                    self.backend_ids.release(&(*key, b));
+                    self.clear_backend(id, &mut ch);
                 }
-                *t.vip_addrs.entry(VipAddrKey::new(key.addr, key.family)).or_insert(0) += 1;
-                t.vips.insert(key, c.vip.clone());
-                continue;
+                self.vip_ids.release(key);
+                self.count_addr(key, -1);
+                ch.removed.push(*key);
             }
-            let vip_id = self
-                .vip_ids
-                .get_or_alloc(key)
-                .ok_or(CompileError::TooManyVips { count: desired.vips.len(), limit: MAX_VIPS })?;
+        }
+        // Backends a changed VIP no longer has free their ids before any is handed out,
+        // so a full id space can take a replacement in the same compile.
+        for spec in upserts {
+            let key = spec.key();
+            let Some(state) = self.vips.get(&key) else { continue };
+            let kept: hashbrown::HashSet<BackendIdentity> =
+                spec.backends.iter().map(identity).collect();
+            let gone: Vec<(BackendIdentity, u32)> = state
+                .backends
+                .iter()
+                .filter(|(b, _, _)| !kept.contains(b))
+                .map(|&(b, id, _)| (b, id))
+                .collect();
+            for (b, id) in gone {
+                self.backend_ids.release(&(key, b));
+                self.clear_backend(id, &mut ch);
+            }
+        }
+
+        // Ids and backend entries, in order; the rings they need are built after.
+        let mut built = Vec::with_capacity(upserts.len());
+        for spec in upserts {
+            let key = spec.key();
+            let vip_id = self.vip_ids.get_or_alloc(key).expect("checked by check_ids");
             let mut weighted = Vec::with_capacity(spec.backends.len());
             let mut backends = Vec::with_capacity(spec.backends.len());
+            // A backend listed twice counts once, as its first listing says (a set only
+            // for large VIPs: a scan of a few is cheaper).
+            let mut seen: Option<hashbrown::HashSet<BackendIdentity>> =
+                (spec.backends.len() > 32).then(hashbrown::HashSet::new);
             for b in &spec.backends {
-                let id = self
-                    .backend_ids
-                    .get_or_alloc((key, identity(b)))
-                    .ok_or(CompileError::TooManyBackends { limit: MAX_BACKENDS })?;
+                let dup = match &mut seen {
+                    Some(set) => !set.insert(identity(b)),
+                    None => backends.iter().any(|(i, _, _)| *i == identity(b)),
+                };
+                if dup {
+                    continue;
+                }
+                let id = self.backend_ids.get_or_alloc((key, identity(b))).expect("checked");
                 let (addr, family) = addr_of(b.addr);
                 let info = BackendInfo {
                     addr,
@@ -387,91 +463,175 @@ impl Compiler {
                     flags: if b.draining { BACKEND_F_DRAINING } else { 0 },
                     vip_id,
                 };
-                put_backend(&mut t.backends, id, info);
+                put_backend(&mut self.tables.backends, id, info);
+                ch.backends.push(id);
                 backends.push((identity(b), id, info));
                 if !b.draining && b.weight > 0 {
                     weighted.push(WeightedBackend { identity: identity(b), weight: b.weight, id });
                 }
             }
             weighted.sort_by_key(|w| w.identity);
-            let ring = self.ring(key, weighted, spec.ring_max);
-
-            let mut flags = 0;
-            if spec.snat_addr.is_some() {
-                flags |= VIP_F_SNAT;
-            }
-            if spec.affinity_timeout_s.is_some() {
-                flags |= VIP_F_AFFINITY;
-            }
-            if !spec.source_ranges.is_empty() {
-                flags |= VIP_F_SOURCE_RANGES;
-            }
-            let info = VipInfo {
-                vip_id,
-                flags,
-                affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
-                _pad: 0,
-                snat_addr: spec.snat_addr.map(|a| addr_of(a).0).unwrap_or([0; 16]),
+            let m = if weighted.is_empty() {
+                1
+            } else {
+                maglev::ring_size(weighted.len(), spec.ring_max)
             };
-            *t.vip_addrs.entry(VipAddrKey::new(key.addr, key.family)).or_insert(0) += 1;
-            let source_ranges: Arc<[IpNet]> = spec.source_ranges.iter().map(IpNet::trunc).collect();
-            let vip = Vip { info, key, ring, source_ranges, spec: Arc::new(spec.clone()) };
-            self.cache.insert(key, CompiledVip { vip: vip.clone(), backends });
-            t.vips.insert(key, vip);
+            let reuse = self.tables.vips.get(&key).filter(|v| {
+                v.ring_size() == m
+                    && self.vips.get(&key).is_some_and(|s| same_backends(&s.weighted, &weighted))
+            });
+            let ring = reuse.map(|v| v.ring.clone());
+            built.push((*spec, vip_id, backends, weighted, m, ring));
         }
-        Ok(t)
+        let jobs: Vec<(&[WeightedBackend], u32)> =
+            built.iter().filter(|b| b.5.is_none()).map(|b| (b.3.as_slice(), b.4)).collect();
+        self.rings_built = jobs.len();
+        let mut rings = build_rings(&jobs).into_iter();
+
+        for (spec, vip_id, backends, weighted, _, ring) in built {
+            let key = spec.key();
+            let ring = ring.unwrap_or_else(|| rings.next().expect("one ring a job"));
+            let vip = Vip {
+                info: vip_info(spec, vip_id),
+                key,
+                ring,
+                source_ranges: spec.source_ranges.iter().map(IpNet::trunc).collect(),
+                spec: Arc::new(spec.clone()),
+            };
+            if self.tables.vips.insert(key, vip).is_none() {
+                self.count_addr(&key, 1);
+            }
+            self.vips.insert(key, VipState { backends, weighted });
+            ch.vips.push(key);
+        }
+        Ok(ch)
     }
 
-    fn ring(&mut self, key: VipKey, weighted: Vec<WeightedBackend>, ring_max: u32) -> Arc<[u32]> {
-        let m = if weighted.is_empty() { 1 } else { maglev::ring_size(weighted.len(), ring_max) };
-        if let Some((prev, prev_m, ring)) = self.rings.get(&key) {
-            if *prev_m == m && same_backends(prev, &weighted) {
-                return ring.clone();
+    /// Refuses a change the id spaces cannot take, before anything is applied.
+    fn check_ids(&self, upserts: &[&VipSpec], removes: &[VipKey]) -> Result<(), CompileError> {
+        let removed: hashbrown::HashSet<VipKey> =
+            removes.iter().filter(|k| self.tables.vips.contains_key(*k)).copied().collect();
+        let new_vips = upserts
+            .iter()
+            .filter(|s| removed.contains(&s.key()) || !self.vip_ids.ids.contains_key(&s.key()))
+            .count();
+        let vips_after = self.vip_ids.ids.len() - removed.len() + new_vips;
+        if vips_after > MAX_VIPS as usize {
+            return Err(CompileError::TooManyVips { count: vips_after, limit: MAX_VIPS });
+        }
+        let mut freed = 0;
+        for key in &removed {
+            freed += self.vips.get(key).map_or(0, |s| s.backends.len());
+        }
+        let mut needed: hashbrown::HashSet<BackendKey> = hashbrown::HashSet::new();
+        for spec in upserts {
+            let key = spec.key();
+            let gone = removed.contains(&key);
+            let old = self.vips.get(&key).filter(|_| !gone);
+            let kept: hashbrown::HashSet<BackendIdentity> =
+                spec.backends.iter().map(identity).collect();
+            if let Some(s) = old {
+                freed += s.backends.iter().filter(|(b, _, _)| !kept.contains(b)).count();
+            }
+            for b in &kept {
+                if gone || !self.backend_ids.ids.contains_key(&(key, *b)) {
+                    needed.insert((key, *b));
+                }
             }
         }
+        if self.backend_ids.ids.len() - freed + needed.len() > MAX_BACKENDS as usize {
+            return Err(CompileError::TooManyBackends { limit: MAX_BACKENDS });
+        }
+        Ok(())
+    }
+
+    fn clear_backend(&mut self, id: u32, ch: &mut TablesChanges) {
+        if let Some(b) = self.tables.backends.get_mut(id as usize) {
+            *b = EMPTY_BACKEND;
+            ch.backends.push(id);
+        }
+    }
+
+    fn count_addr(&mut self, key: &VipKey, delta: i32) {
+        let addr = VipAddrKey::new(key.addr, key.family);
+        let n = self.tables.vip_addrs.entry(addr).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.tables.vip_addrs.remove(&addr);
+        }
+    }
+}
+
+fn vip_info(spec: &VipSpec, vip_id: u32) -> VipInfo {
+    let mut flags = 0;
+    if spec.snat_addr.is_some() {
+        flags |= VIP_F_SNAT;
+    }
+    if spec.affinity_timeout_s.is_some() {
+        flags |= VIP_F_AFFINITY;
+    }
+    if !spec.source_ranges.is_empty() {
+        flags |= VIP_F_SOURCE_RANGES;
+    }
+    VipInfo {
+        vip_id,
+        flags,
+        affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
+        _pad: 0,
+        snat_addr: spec.snat_addr.map(|a| addr_of(a).0).unwrap_or([0; 16]),
+    }
+}
+
+/// `[M, slots..]` rings for `(backends, M)` jobs, in job order; many are built on every
+/// core (a cold start builds one per VIP).
+fn build_rings(jobs: &[(&[WeightedBackend], u32)]) -> Vec<Arc<[u32]>> {
+    let one = |&(weighted, m): &(&[WeightedBackend], u32)| -> Arc<[u32]> {
         let mut ring = vec![0u32; (m + RING_HEADER_SLOTS) as usize];
         ring[0] = m;
         if weighted.is_empty() {
             ring[1] = NO_BACKEND;
         } else {
-            maglev::build_into(&weighted, &mut ring[RING_HEADER_SLOTS as usize..]);
+            maglev::build_into(weighted, &mut ring[RING_HEADER_SLOTS as usize..]);
         }
-        let ring: Arc<[u32]> = ring.into();
-        self.rings_built += 1;
-        self.rings.insert(key, (weighted, m, ring.clone()));
-        ring
+        ring.into()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if jobs.len() < PARALLEL_RINGS || threads < 2 {
+        return jobs.iter().map(one).collect();
     }
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().expect("ring building does not panic")).collect()
+    })
+}
 
-    fn check(&self, desired: &DesiredState) -> Result<(), CompileError> {
-        if desired.vips.len() > MAX_VIPS as usize {
-            return Err(CompileError::TooManyVips { count: desired.vips.len(), limit: MAX_VIPS });
+/// Refuses a VIP listed twice, a backend or SNAT address of the other family.
+fn check_unique<'a>(vips: impl Iterator<Item = &'a VipSpec>) -> Result<(), CompileError> {
+    let mut seen = hashbrown::HashSet::new();
+    for v in vips {
+        if !seen.insert(v.key()) {
+            return Err(CompileError::DuplicateVip { addr: v.addr, port: v.port, proto: v.proto });
         }
-        let mut seen = hashbrown::HashSet::new();
-        for v in &desired.vips {
-            if !seen.insert(v.key()) {
-                return Err(CompileError::DuplicateVip {
-                    addr: v.addr,
-                    port: v.port,
-                    proto: v.proto,
+        let vip = || format!("{}:{}", v.addr, v.port);
+        for b in &v.backends {
+            if b.addr.is_ipv4() != v.addr.is_ipv4() {
+                return Err(CompileError::FamilyMismatch {
+                    vip: vip(),
+                    backend: format!("{}:{}", b.addr, b.port),
                 });
             }
-            let vip = || format!("{}:{}", v.addr, v.port);
-            for b in &v.backends {
-                if b.addr.is_ipv4() != v.addr.is_ipv4() {
-                    return Err(CompileError::FamilyMismatch {
-                        vip: vip(),
-                        backend: format!("{}:{}", b.addr, b.port),
-                    });
-                }
-            }
-            if let Some(s) = v.snat_addr {
-                if s.is_ipv4() != v.addr.is_ipv4() {
-                    return Err(CompileError::SnatFamilyMismatch { vip: vip(), snat: s });
-                }
+        }
+        if let Some(s) = v.snat_addr {
+            if s.is_ipv4() != v.addr.is_ipv4() {
+                return Err(CompileError::SnatFamilyMismatch { vip: vip(), snat: s });
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 const EMPTY_BACKEND: BackendInfo =
@@ -595,6 +755,104 @@ mod tests {
         let ids: Vec<usize> =
             (0..t.backends.len()).filter(|&i| t.backends[i].family != 0).collect();
         assert_eq!(ids, vec![0, 1, 3]);
+    }
+
+    /// What the tables mean, whatever ids they were given: per VIP its spec, the
+    /// backends of its ring slots and its backend entries; plus the address counts.
+    type Meaning = (VipSpec, Vec<Option<(IpAddr, u16)>>, Vec<BackendInfo>);
+
+    fn meaning(t: &Tables) -> Vec<Meaning> {
+        let ip = |b: &BackendInfo| (ip_of(&b.addr, b.family), u16::from_be(b.port));
+        let mut out: Vec<_> = t
+            .vips
+            .values()
+            .map(|v| {
+                let slots = v.ring[1..].iter().map(|&id| t.backend(id).map(ip)).collect();
+                let mut entries: Vec<BackendInfo> = t
+                    .backends
+                    .iter()
+                    .filter(|b| b.family != 0 && b.vip_id == v.info.vip_id)
+                    .map(|b| BackendInfo { vip_id: 0, ..*b })
+                    .collect();
+                entries.sort_by_key(|b| (b.addr, b.port));
+                ((*v.spec).clone(), slots, entries)
+            })
+            .collect();
+        out.sort_by_key(|(s, _, _)| s.key());
+        out
+    }
+
+    proptest::proptest! {
+        /// Any sequence of upserts and removals leaves the same tables (up to ids) as
+        /// compiling the resulting desired state from scratch; `changes` names every VIP
+        /// that differs and no VIP that does not.
+        #[test]
+        fn updates_leave_what_a_fresh_compile_of_the_same_state_gives(
+            steps in proptest::collection::vec(
+                (0u16..12, proptest::collection::vec((1u8..9, proptest::bool::ANY), 0..5), proptest::bool::ANY),
+                1..40,
+            )
+        ) {
+            let mut c = Compiler::default();
+            let mut want: std::collections::BTreeMap<VipKey, VipSpec> = Default::default();
+            for (port, backends, remove) in steps {
+                let addrs: Vec<(String, bool)> =
+                    backends.iter().map(|(h, d)| (format!("192.0.2.{h}"), *d)).collect();
+                let refs: Vec<(&str, bool)> = addrs.iter().map(|(a, d)| (a.as_str(), *d)).collect();
+                let spec = vip(port, &refs);
+                let before = c.tables().clone();
+                let ch = if remove {
+                    want.remove(&spec.key());
+                    c.update(&[], &[spec.key()]).unwrap()
+                } else {
+                    want.insert(spec.key(), spec.clone());
+                    c.update(std::slice::from_ref(&spec), &[]).unwrap()
+                };
+                let fresh = Compiler::default()
+                    .compile(&state(want.values().cloned().collect()))
+                    .unwrap();
+                proptest::prop_assert_eq!(meaning(c.tables()), meaning(&fresh));
+                proptest::prop_assert_eq!(&c.tables().vip_addrs, &fresh.vip_addrs);
+                for k in before.vips.keys().chain(c.tables().vips.keys()) {
+                    let differs = before.vips.get(k).map(|v| &v.spec) != c.tables().vips.get(k).map(|v| &v.spec);
+                    let named = ch.vips.contains(k) || ch.removed.contains(k);
+                    proptest::prop_assert_eq!(differs, named, "VIP {:?}", k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_update_changes_nothing() {
+        let mut c = Compiler::default();
+        let a = vip(80, &[("192.0.2.21", false)]);
+        c.update(std::slice::from_ref(&a), &[]).unwrap();
+        let before = meaning(c.tables());
+        let b = vip(81, &[("192.0.2.22", false)]);
+        let bad = vip(82, &[("2001:db8::1", false)]);
+        let err = c.update(&[b, bad], &[a.key()]).unwrap_err();
+        assert!(matches!(err, CompileError::FamilyMismatch { .. }), "{err}");
+        assert_eq!(meaning(c.tables()), before);
+    }
+
+    #[test]
+    fn one_upsert_names_one_vip_and_its_backends() {
+        let mut c = Compiler::default();
+        let vips: Vec<_> = (0..20).map(|p| vip(1000 + p, &[("192.0.2.21", false)])).collect();
+        c.sync(&state(vips.clone())).unwrap();
+        let mut v = vips[3].clone();
+        v.backends.push(BackendSpec {
+            addr: "192.0.2.30".parse().unwrap(),
+            port: 8080,
+            weight: 1,
+            draining: false,
+        });
+        let ch = c.update(std::slice::from_ref(&v), &[]).unwrap();
+        assert_eq!(ch.vips, vec![v.key()]);
+        assert_eq!(ch.backends.len(), 2);
+        assert_eq!(c.rings_built, 1);
+        // The same spec again is no change at all.
+        assert!(c.update(&[v], &[]).unwrap().is_empty());
     }
 
     #[test]

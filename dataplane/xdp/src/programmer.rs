@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
-use vipr_dataplane::tables::Tables;
+use vipr_dataplane::tables::{Tables, TablesChanges};
 
 /// What one `program` call wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct Programmer {
     programmed: Option<Tables>,
     /// The inner ring map in each VIP id's `RINGS` slot, when this programmer made it.
     rings: HashMap<u32, InnerRing>,
+    /// Source range entries the maps hold.
+    range_count: usize,
 }
 
 /// A VIP as programmed: its info, and its ring when this programmer wrote it.
@@ -123,15 +125,9 @@ impl Programmer {
                 continue;
             }
             report.rings_written += 1;
-            let id = vip.info.vip_id;
-            match self.rings.get_mut(&id) {
-                Some(r) if r.capacity as usize >= vip.ring.len() => r.write(id, &vip.ring)?,
-                _ => {
-                    let capacity = ring_capacity(vip.ring.len(), vip.spec.ring_max);
-                    rings.push((id, InnerRing::new(id, &vip.ring, capacity)?));
-                }
-            }
+            self.write_ring(vip, &mut rings)?;
         }
+        let rings = new_rings(&rings)?;
         swap_rings(maps, &rings)?;
         self.rings.extend(rings);
         let (mut keys, mut infos) = (Vec::new(), Vec::new());
@@ -173,14 +169,7 @@ impl Programmer {
                 .map(|(k, v)| ((k.prefix_len(), k.data()), v))
                 .collect(),
         };
-        for (&(plen, data), value) in &hops {
-            if prev_hops.get(&(plen, data)) != Some(value) {
-                maps.next_hops
-                    .insert(&Key::new(plen, data), value, 0)
-                    .map_err(map_err(names::NEXT_HOPS))?;
-                report.next_hops_written += 1;
-            }
-        }
+        report.next_hops_written = write_next_hops(maps, &prev_hops, &hops)?;
 
         // VIP addresses (for fragments and the ICMP path).
         let read_addrs: vipr_dataplane::tables::HashMap<VipAddrKey, u32>;
@@ -214,13 +203,223 @@ impl Programmer {
                 .remove(&Key::new(plen, data))
                 .map_err(map_err(names::SOURCE_RANGES))?;
         }
-        for &(plen, data) in prev_hops.keys().filter(|k| !hops.contains_key(*k)) {
-            maps.next_hops.remove(&Key::new(plen, data)).map_err(map_err(names::NEXT_HOPS))?;
-        }
 
+        self.range_count = ranges.len();
         self.programmed = Some(t.clone());
         Ok(report)
     }
+}
+
+impl Programmer {
+    /// Makes the maps serve `t`, which differs from the tables last programmed only as
+    /// `changes` says (what `Compiler::update` or `Compiler::sync` returned): the work
+    /// is proportional to the change, not to the tables. With nothing programmed yet (a
+    /// first call, or after a failed one) it is a full [`Programmer::program`].
+    pub fn apply(
+        &mut self,
+        maps: &mut Maps,
+        limits: &Limits,
+        t: &Tables,
+        changes: &TablesChanges,
+    ) -> Result<ProgramReport> {
+        let Some(mut prev) = self.programmed.take() else {
+            return self.program(maps, limits, t);
+        };
+        // On an error the maps may hold part of the change: the next call reads them back.
+        let report = self.apply_changes(maps, limits, &mut prev, t, changes)?;
+        self.programmed = Some(prev);
+        Ok(report)
+    }
+
+    /// Writes `changes` in the same order as `program`, and brings `prev` (the mirror of
+    /// what the maps hold) up to `t` for the keys and ids they name.
+    fn apply_changes(
+        &mut self,
+        maps: &mut Maps,
+        limits: &Limits,
+        prev: &mut Tables,
+        t: &Tables,
+        ch: &TablesChanges,
+    ) -> Result<ProgramReport> {
+        let mut report = ProgramReport::default();
+        let mut keys: Vec<VipKey> = ch.vips.iter().chain(&ch.removed).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let vip_ranges = |tables: &Tables, key: &VipKey| -> HashSet<RangeKey> {
+            tables.vips.get(key).map(vip_source_ranges).unwrap_or_default()
+        };
+        let (mut ranges_in, mut ranges_out) = (HashSet::new(), HashSet::new());
+        for key in &keys {
+            let (old, new) = (vip_ranges(prev, key), vip_ranges(t, key));
+            ranges_in.extend(new.difference(&old).copied());
+            ranges_out.extend(old.difference(&new).copied());
+        }
+        let ranges = self.range_count + ranges_in.len() - ranges_out.len();
+        let hops = ch.next_hops.then(|| next_hops(t));
+        let max_vip_id = ch.vips.iter().map(|k| t.vips[k].info.vip_id as usize + 1).max();
+        check_counts(
+            limits,
+            max_vip_id.unwrap_or(0).max(t.vips.len()),
+            t.backends.len(),
+            ranges,
+            hops.as_ref().map_or(0, HashMap::len),
+        )?;
+
+        if ch.settings && prev.settings != t.settings {
+            maps.set_settings(&t.settings)?;
+            prev.settings = t.settings;
+        }
+
+        // Backends.
+        let mut ids = ch.backends.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut infos = Vec::with_capacity(ids.len());
+        ids.retain(|&id| {
+            let new = t.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
+            let old = prev.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
+            if new != old {
+                infos.push(new);
+            }
+            new != old
+        });
+        sys::update_batch(maps.backends_fd(), &ids, &infos)
+            .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?;
+        report.backends_written = ids.len();
+        if prev.backends.len() < t.backends.len() {
+            prev.backends.resize(t.backends.len(), EMPTY_BACKEND);
+        }
+        for (&id, info) in ids.iter().zip(&infos) {
+            prev.backends[id as usize] = *info;
+        }
+
+        // Rings, then VIPs.
+        let mut rings = Vec::new();
+        let (mut vip_keys, mut vip_infos) = (Vec::new(), Vec::new());
+        for key in &ch.vips {
+            let vip = &t.vips[key];
+            let old = prev.vips.get(key);
+            let same_ring = old.is_some_and(|o| {
+                o.info.vip_id == vip.info.vip_id && Arc::ptr_eq(&o.ring, &vip.ring)
+            });
+            if !same_ring {
+                report.rings_written += 1;
+                self.write_ring(vip, &mut rings)?;
+            }
+            if old.map(|o| o.info) != Some(vip.info) {
+                vip_keys.push(*key);
+                vip_infos.push(vip.info);
+            }
+        }
+        let rings = new_rings(&rings)?;
+        swap_rings(maps, &rings)?;
+        self.rings.extend(rings);
+        sys::update_batch(maps.vips_fd(), &vip_keys, &vip_infos)
+            .map_err(|source| Error::Io { path: names::VIPS.into(), source })?;
+        report.vips_written = vip_keys.len();
+
+        // Source ranges in, VIP addresses, next hops; removals last.
+        for &(plen, data) in &ranges_in {
+            maps.source_ranges
+                .insert(&Key::new(plen, data), 1, 0)
+                .map_err(map_err(names::SOURCE_RANGES))?;
+        }
+        report.source_ranges_written = ranges_in.len();
+        let addrs: HashSet<VipAddrKey> =
+            keys.iter().map(|k| VipAddrKey::new(k.addr, k.family)).collect();
+        for a in &addrs {
+            if let Some(n) = t.vip_addrs.get(a).filter(|n| prev.vip_addrs.get(a) != Some(*n)) {
+                maps.vip_addrs.insert(a, n, 0).map_err(map_err(names::VIP_ADDRS))?;
+            }
+        }
+        if let Some(hops) = &hops {
+            report.next_hops_written = write_next_hops(maps, &next_hops(prev), hops)?;
+            prev.next_hops = t.next_hops.clone();
+        }
+        for key in &ch.removed {
+            if prev.vips.contains_key(key) && !t.vips.contains_key(key) {
+                maps.vips.remove(key).map_err(map_err(names::VIPS))?;
+                report.vips_removed += 1;
+            }
+        }
+        for a in &addrs {
+            if prev.vip_addrs.contains_key(a) && !t.vip_addrs.contains_key(a) {
+                maps.vip_addrs.remove(a).map_err(map_err(names::VIP_ADDRS))?;
+            }
+        }
+        for &(plen, data) in &ranges_out {
+            maps.source_ranges
+                .remove(&Key::new(plen, data))
+                .map_err(map_err(names::SOURCE_RANGES))?;
+        }
+        self.range_count = ranges;
+
+        // The mirror now matches the maps.
+        for key in &keys {
+            match t.vips.get(key) {
+                Some(v) => prev.vips.insert(*key, v.clone()),
+                None => prev.vips.remove(key),
+            };
+        }
+        for a in &addrs {
+            match t.vip_addrs.get(a) {
+                Some(n) => prev.vip_addrs.insert(*a, *n),
+                None => prev.vip_addrs.remove(a),
+            };
+        }
+        Ok(report)
+    }
+
+    /// Rewrites `vip`'s ring in place when the inner map this programmer made for its
+    /// id has room, else queues it for a new inner map (`new_rings`).
+    fn write_ring(
+        &mut self,
+        vip: &vipr_dataplane::tables::Vip,
+        new: &mut Vec<NewRing>,
+    ) -> Result<()> {
+        let id = vip.info.vip_id;
+        match self.rings.get_mut(&id) {
+            Some(r) if r.capacity as usize >= vip.ring.len() => r.write(id, &vip.ring),
+            _ => {
+                let capacity = ring_capacity(vip.ring.len(), vip.spec.ring_max);
+                new.push((id, vip.ring.clone(), capacity));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A ring that needs an inner map of its own: VIP id, ring, capacity.
+type NewRing = (u32, Arc<[u32]>, u32);
+
+/// Makes and fills the inner maps of `jobs`. (One thread: map creations contend in the
+/// kernel, and two threads were slower than one.)
+fn new_rings(jobs: &[NewRing]) -> Result<Vec<(u32, InnerRing)>> {
+    jobs.iter()
+        .map(|(id, ring, capacity)| InnerRing::new(*id, ring, *capacity).map(|r| (*id, r)))
+        .collect()
+}
+
+/// Writes the next hops of `hops` that `prev` lacks or holds otherwise, and removes the
+/// ones `hops` lacks; returns how many it wrote.
+fn write_next_hops(
+    maps: &mut Maps,
+    prev: &HashMap<HopKey, NextHopValue>,
+    hops: &HashMap<HopKey, NextHopValue>,
+) -> Result<usize> {
+    let mut written = 0;
+    for (&(plen, data), value) in hops {
+        if prev.get(&(plen, data)) != Some(value) {
+            maps.next_hops
+                .insert(&Key::new(plen, data), value, 0)
+                .map_err(map_err(names::NEXT_HOPS))?;
+            written += 1;
+        }
+    }
+    for &(plen, data) in prev.keys().filter(|k| !hops.contains_key(*k)) {
+        maps.next_hops.remove(&Key::new(plen, data)).map_err(map_err(names::NEXT_HOPS))?;
+    }
+    Ok(written)
 }
 
 const EMPTY_BACKEND: BackendInfo =
@@ -296,18 +495,20 @@ fn swap_rings(maps: &mut Maps, rings: &[(u32, InnerRing)]) -> Result<()> {
 /// VIP's can never match its packets, and are left out (the userspace pipeline checks
 /// the family; the trie could not tell a v4 range from the start of a v6 one).
 fn source_ranges(t: &Tables) -> HashSet<RangeKey> {
+    t.vips.values().flat_map(vip_source_ranges).collect()
+}
+
+fn vip_source_ranges(vip: &vipr_dataplane::tables::Vip) -> HashSet<RangeKey> {
     let mut out = HashSet::new();
-    for vip in t.vips.values() {
-        for net in vip.source_ranges.iter() {
-            if net.addr().is_ipv4() != (vip.key.family == FAMILY_V4) {
-                continue;
-            }
-            let (addr, _) = addr_of(net.network());
-            out.insert((
-                lpm_prefix_len(net.prefix_len()),
-                SourceRangeKey { vip_id_be: vip.info.vip_id.to_be(), addr },
-            ));
+    for net in vip.source_ranges.iter() {
+        if net.addr().is_ipv4() != (vip.key.family == FAMILY_V4) {
+            continue;
         }
+        let (addr, _) = addr_of(net.network());
+        out.insert((
+            lpm_prefix_len(net.prefix_len()),
+            SourceRangeKey { vip_id_be: vip.info.vip_id.to_be(), addr },
+        ));
     }
     out
 }
@@ -327,9 +528,20 @@ fn next_hops(t: &Tables) -> HashMap<HopKey, NextHopValue> {
 
 fn check_limits(limits: &Limits, t: &Tables, ranges: usize, hops: usize) -> Result<()> {
     let max_vip_id = t.vips.values().map(|v| v.info.vip_id as usize + 1).max().unwrap_or(0);
+    check_counts(limits, max_vip_id.max(t.vips.len()), t.backends.len(), ranges, hops)
+}
+
+/// Refuses tables the maps cannot hold: `vips` is the VIP ids' span.
+fn check_counts(
+    limits: &Limits,
+    vips: usize,
+    backends: usize,
+    ranges: usize,
+    hops: usize,
+) -> Result<()> {
     let checks = [
-        ("VIP", names::VIPS, max_vip_id.max(t.vips.len()), limits.vips),
-        ("backend", names::BACKENDS, t.backends.len(), limits.backends),
+        ("VIP", names::VIPS, vips, limits.vips),
+        ("backend", names::BACKENDS, backends, limits.backends),
         ("source range", names::SOURCE_RANGES, ranges, limits.source_ranges),
         ("next hop", names::NEXT_HOPS, hops, limits.next_hops),
     ];

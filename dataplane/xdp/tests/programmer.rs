@@ -3,7 +3,7 @@
 //! map, and either way the kernel holds exactly the compiled ring. Needs root.
 
 use aya::maps::{Array, Map, MapData};
-use vipr_abi::PROTO_TCP;
+use vipr_abi::{VipKey, PROTO_TCP};
 use vipr_dataplane::tables::{BackendSpec, Compiler, DesiredState, Tables, VipSpec};
 use vipr_xdp::{Limits, Programmer, Xdp};
 
@@ -106,4 +106,109 @@ fn the_conntrack_is_read_in_batches_and_every_entry_comes_back_once() {
     let ids: Vec<u32> = got.iter().map(|(_, e)| e.backend_id).collect();
     assert_eq!(ids.len(), 5000, "every entry once");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), want);
+}
+
+/// xorshift64: the change sequence, the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Everything the maps hold must be what `t` says: VIPs, backends, VIP address counts,
+/// source ranges, and the rings of `rings` (read slot by slot: slow).
+fn assert_maps_hold(xdp: &Xdp, t: &Tables, rings: &[VipKey], step: usize) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let vips: BTreeMap<_, _> =
+        xdp.maps.vips.iter().map(|r| r.unwrap()).map(|(k, i)| (k, i.vip_id)).collect();
+    let want: BTreeMap<_, _> = t.vips.iter().map(|(k, v)| (*k, v.info.vip_id)).collect();
+    assert_eq!(vips, want, "step {step}: VIPs");
+    for (id, b) in xdp.maps.backends.iter().enumerate() {
+        let b = b.unwrap();
+        let want = t.backends.get(id).filter(|w| w.family != 0);
+        assert_eq!((b.family != 0).then_some(b), want.copied(), "step {step}: backend {id}");
+    }
+    let addrs: BTreeMap<_, _> = xdp
+        .maps
+        .vip_addrs
+        .iter()
+        .map(|r| r.unwrap())
+        .map(|(k, n)| ((k.addr, k.family), n))
+        .collect();
+    let want: BTreeMap<_, _> = t.vip_addrs.iter().map(|(k, n)| ((k.addr, k.family), *n)).collect();
+    assert_eq!(addrs, want, "step {step}: VIP addresses");
+    let ranges: BTreeSet<(u32, u32)> = xdp
+        .maps
+        .source_ranges
+        .keys()
+        .map(|k| k.unwrap())
+        .map(|k| (u32::from_be(k.data().vip_id_be), k.prefix_len()))
+        .collect();
+    let want: BTreeSet<(u32, u32)> = t
+        .vips
+        .values()
+        .flat_map(|v| {
+            v.source_ranges.iter().map(|n| (v.info.vip_id, 32 + u32::from(n.prefix_len())))
+        })
+        .collect();
+    assert_eq!(ranges, want, "step {step}: source ranges");
+    for vip in rings.iter().filter_map(|k| t.vips.get(k)) {
+        let inner: MapData = xdp.maps.rings.get(&vip.info.vip_id, 0).unwrap();
+        let ring: Array<MapData, u32> = Array::try_from(Map::Array(inner)).unwrap();
+        let m = ring.get(&0, 0).unwrap();
+        let slots: Vec<u32> = (0..=m).map(|i| ring.get(&i, 0).unwrap()).collect();
+        assert_eq!(slots, vip.ring.to_vec(), "step {step}: ring of {:?}", vip.key);
+    }
+}
+
+#[test]
+fn applying_only_the_changes_leaves_the_maps_as_the_tables_say() {
+    // Small maps: every step reads all of them back.
+    let limits = Limits { vips: 256, backends: 1024, conntrack_flows: 1024, ..Limits::default() };
+    let mut xdp = Xdp::load(limits, None).unwrap();
+    let mut compiler = Compiler::default();
+    let mut programmer = Programmer::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let spec = |rng: &mut Rng, port: u16| VipSpec {
+        // Two addresses, so VIP address counts go up and down.
+        addr: format!("192.0.2.{}", 10 + port % 2).parse().unwrap(),
+        port,
+        proto: PROTO_TCP,
+        snat_addr: None,
+        affinity_timeout_s: rng.below(2).eq(&0).then_some(30),
+        source_ranges: (0..rng.below(3))
+            .map(|i| format!("203.0.113.{}/{}", i * 64, 26 + i).parse().unwrap())
+            .collect(),
+        ring_max: vipr_abi::DEFAULT_RING_MAX,
+        backends: (0..rng.below(6))
+            .map(|_| BackendSpec {
+                addr: format!("198.51.100.{}", 1 + rng.below(20)).parse().unwrap(),
+                port: 8080,
+                weight: 1,
+                draining: rng.below(5) == 0,
+            })
+            .collect(),
+    };
+    let first: Vec<VipSpec> = (0..30).map(|p| spec(&mut rng, 1000 + p)).collect();
+    let ch = compiler.sync(&DesiredState { vips: first, ..Default::default() }).unwrap();
+    programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    assert_maps_hold(&xdp, compiler.tables(), &ch.vips, 0);
+    for step in 1..200 {
+        let port = 1000 + rng.below(40) as u16;
+        let ch = if rng.below(4) == 0 {
+            let key = spec(&mut rng, port).key();
+            compiler.update(&[], &[key]).unwrap()
+        } else {
+            compiler.update(&[spec(&mut rng, port)], &[]).unwrap()
+        };
+        programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+        assert_maps_hold(&xdp, compiler.tables(), &ch.vips, step);
+    }
+    let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
+    assert_maps_hold(&xdp, compiler.tables(), &all, 200);
 }
