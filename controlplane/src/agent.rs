@@ -198,14 +198,19 @@ struct Agent {
     base: Option<DesiredState>,
     /// The VIP keys of `base`: the config's and manifests' VIPs win over the cluster's.
     base_keys: HashSet<VipKey>,
-    /// A cluster change could not be programmed: the next one compiles everything.
-    resync: bool,
+    /// Cluster VIPs the compiler refused (each alone): the tables keep what they had
+    /// for them, and every later change tries them again.
+    rejected: HashSet<VipKey>,
+    /// The dataplane failed to take a change: it is programmed again on the next tick.
+    retry: bool,
+    /// Backend ids programmed and not yet followed by the neighbour entries.
+    neighbors_due: Vec<u32>,
 }
 
 impl Agent {
-    /// Compiles every source and programs the result; an error leaves the tables as they
-    /// were and counts as a reconcile error. `base` is the config's and manifests'
-    /// desired state when they were read again; `None` reuses the last one.
+    /// Compiles every source and programs the result; a compile error leaves the tables
+    /// as they were, and any error counts as a reconcile error. `base` is the config's
+    /// and manifests' desired state when they were read again; `None` reuses the last.
     fn program(
         &mut self,
         cfg: &Config,
@@ -235,31 +240,52 @@ impl Agent {
                     "kubernetes: {} is also in the config or manifests, which keep it",
                     vip_name(key)
                 );
+            } else if self.rejected.contains(key) {
+                // Refused before: what the tables hold for it stays.
+                let held = self.compiler.tables().vips.get(key);
+                desired.vips.extend(held.map(|v| (*v.spec).clone()));
             } else {
                 desired.vips.push(vip.clone());
             }
         }
         let changes = self.compiler.sync(&desired).context("compiling the tables")?;
-        let report = self.program_changes(&changes)?;
+        let report = self.program_changes(changes)?;
         self.base = Some(base);
         self.base_keys = base_keys;
-        self.resync = false;
         let cluster_pending = cfg.kubernetes.is_some() && self.cluster.is_none();
         self.shared.ready.store(!cluster_pending, Ordering::Relaxed);
         Ok(report)
     }
 
     /// Programs the compiler's tables, `changes` being what its last compile changed.
-    fn program_changes(&mut self, changes: &TablesChanges) -> Result<vipr_xdp::ProgramReport> {
+    /// After a failure the dataplane reads back what it holds at its next call, which
+    /// the next tick makes.
+    fn program_changes(&mut self, changes: TablesChanges) -> Result<vipr_xdp::ProgramReport> {
         let tables = self.compiler.tables();
-        let report = self.shared.dataplane.lock().unwrap().program(tables, changes);
-        if report.is_err() {
-            // The dataplane re-reads what it holds on the next call; the compiler is
-            // ahead of it, so that call must carry every VIP again.
-            self.resync = true;
-        }
-        self.neighbors.update(tables, &changes.backends);
+        let report = self.shared.dataplane.lock().unwrap().program(tables, &changes);
+        self.retry = report.is_err();
+        self.neighbors_due.extend(changes.backends);
         report
+    }
+
+    /// Follows the backends programmed since the last call with the neighbour entries
+    /// (after the latency is recorded: it runs `ip`).
+    fn sync_neighbors(&mut self) {
+        let ids = std::mem::take(&mut self.neighbors_due);
+        self.neighbors.update(self.compiler.tables(), &ids);
+    }
+
+    /// Work that waits for the next tick: a dataplane that failed to take a change is
+    /// programmed again; neighbours whose route was missing are looked up again.
+    fn tick(&mut self) {
+        if self.retry {
+            match self.program_changes(TablesChanges::default()) {
+                Ok(_) => tracing::info!("the dataplane took the tables on a retry"),
+                Err(e) => tracing::warn!("programming the dataplane failed again: {e:#}"),
+            }
+        }
+        self.sync_neighbors();
+        self.neighbors.retry(self.compiler.tables());
     }
 
     /// Re-reads the file; on any error the running tables stay as they are.
@@ -298,6 +324,7 @@ impl Agent {
         match self.program(&cfg, Some(base)) {
             Ok(r) => {
                 self.shared.record_latency(changed_at);
+                self.sync_neighbors();
                 tracing::info!(
                     vips_written = r.vips_written,
                     vips_removed = r.vips_removed,
@@ -307,22 +334,22 @@ impl Agent {
                 );
                 self.cfg = cfg;
             }
-            Err(e) => tracing::error!("reload failed, the running tables are unchanged: {e:#}"),
+            Err(e) => tracing::error!("reload failed: {e:#}"),
         }
     }
 
     /// Programs the cluster's changes (a burst is taken as one): only the VIPs they name
     /// are compiled and written.
     fn apply_cluster(&mut self, update: kubernetes::Update, source: &KubeSource) {
-        let first_delivery = self.cluster.is_none();
         let cluster = self.cluster.get_or_insert_with(HashMap::new);
         let mut touched: HashSet<VipKey> = HashSet::new();
         let mut first_event = update.first_event;
-        let mut last = None;
-        for u in
-            std::iter::once(update).chain(std::iter::from_fn(|| source.updates.try_recv().ok()))
-        {
+        let mut initial = false;
+        let mut pool_usage = Vec::new();
+        let burst = std::iter::from_fn(|| source.updates.try_recv().ok());
+        for u in std::iter::once(update).chain(burst) {
             if u.initial {
+                initial = true;
                 touched.extend(cluster.keys().copied());
                 cluster.clear();
             }
@@ -338,63 +365,85 @@ impl Agent {
                 tracing::warn!("kubernetes: {w}");
             }
             first_event = first_event.min(u.first_event);
-            last = Some(u);
+            pool_usage = u.pool_usage;
         }
-        let last = last.expect("one update at least");
-        let result = if self.resync || first_delivery {
-            let cfg = self.cfg.clone();
-            self.try_program(&cfg, None)
-        } else {
-            self.program_cluster(&touched)
-        };
-        match result {
-            Ok(r) => {
-                // The initial sync is timed from connecting and listing everything: not
-                // a change, so it stays out of the event-to-programmed histogram.
-                if !first_delivery {
-                    self.shared.record_latency(first_event);
-                }
-                let mut pools = self.shared.pools.lock().unwrap();
-                for (name, _, used) in pools.iter_mut() {
-                    *used = last.pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
-                }
-                tracing::info!(
-                    vips = self.cluster.as_ref().map_or(0, HashMap::len),
-                    vips_written = r.vips_written,
-                    vips_removed = r.vips_removed,
-                    rings = r.rings_written,
-                    latency_us = first_event.elapsed().as_micros() as u64,
-                    "programmed the cluster's Services"
-                );
-            }
-            Err(e) => {
-                self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
-                // The cluster's desired VIPs are kept: the next change (or reload)
-                // compiles them all again, and fails the same way until they are fixed.
-                self.resync = true;
-                tracing::error!("the cluster's Services could not be programmed, the running tables are unchanged: {e:#}");
-            }
+        touched.extend(self.rejected.drain());
+        let report = self.program_cluster(&touched);
+        // A (re)connection's first update is timed from listing everything, maybe after
+        // an outage: not a change, so it stays out of the event-to-programmed histogram.
+        if !initial {
+            self.shared.record_latency(first_event);
         }
+        self.sync_neighbors();
+        self.shared.ready.store(true, Ordering::Relaxed);
+        let mut pools = self.shared.pools.lock().unwrap();
+        for (name, _, used) in pools.iter_mut() {
+            *used = pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
+        }
+        tracing::info!(
+            vips = self.cluster.as_ref().map_or(0, HashMap::len),
+            vips_written = report.vips_written,
+            vips_removed = report.vips_removed,
+            rings = report.rings_written,
+            refused = self.rejected.len(),
+            latency_us = first_event.elapsed().as_micros() as u64,
+            "programmed the cluster's Services"
+        );
     }
 
-    /// Compiles and programs the cluster VIPs `touched` as they are now.
-    fn program_cluster(&mut self, touched: &HashSet<VipKey>) -> Result<vipr_xdp::ProgramReport> {
+    /// Compiles and programs the cluster VIPs `touched` as they are now. A change the
+    /// compiler refuses is tried VIP by VIP, so a bad VIP keeps only itself out (the
+    /// tables keep what they had for it); each refusal is logged and counted as a
+    /// reconcile error, and tried again with the next change.
+    fn program_cluster(&mut self, touched: &HashSet<VipKey>) -> vipr_xdp::ProgramReport {
         let cluster = self.cluster.as_ref().expect("delivered");
-        let (mut upserts, mut removes) = (Vec::new(), Vec::new());
+        let mut wanted: Vec<(VipKey, Option<VipSpec>)> = Vec::with_capacity(touched.len());
         for key in touched {
-            match cluster.get(key) {
-                _ if self.base_keys.contains(key) => {
+            if self.base_keys.contains(key) {
+                if cluster.contains_key(key) {
                     tracing::warn!(
                         "kubernetes: {} is also in the config or manifests, which keep it",
                         vip_name(key)
                     );
                 }
-                Some(vip) => upserts.push(vip.clone()),
-                None => removes.push(*key),
+                continue;
+            }
+            wanted.push((*key, cluster.get(key).cloned()));
+        }
+        let update = |c: &mut Compiler, w: &[(VipKey, Option<VipSpec>)]| {
+            let upserts: Vec<VipSpec> = w.iter().filter_map(|(_, v)| v.clone()).collect();
+            let removes: Vec<VipKey> =
+                w.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+            c.update(&upserts, &removes)
+        };
+        let changes = match update(&mut self.compiler, &wanted) {
+            Ok(changes) => changes,
+            Err(_) => {
+                let mut all = TablesChanges::default();
+                for one in wanted.chunks(1) {
+                    match update(&mut self.compiler, one) {
+                        Ok(ch) => all.merge(ch),
+                        Err(e) => {
+                            self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                "kubernetes: {} is not served as the cluster says: {e}",
+                                vip_name(&one[0].0)
+                            );
+                            self.rejected.insert(one[0].0);
+                        }
+                    }
+                }
+                all
+            }
+        };
+        match self.program_changes(changes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("the dataplane did not take the cluster's change; retrying: {e:#}");
+                vipr_xdp::ProgramReport::default()
             }
         }
-        let changes = self.compiler.update(&upserts, &removes).context("compiling the tables")?;
-        self.program_changes(&changes)
     }
 }
 
@@ -522,9 +571,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         cluster: None,
         base: None,
         base_keys: HashSet::new(),
-        resync: false,
+        rejected: HashSet::new(),
+        retry: false,
+        neighbors_due: Vec::new(),
     };
     let report = agent.program(&cfg, None)?;
+    agent.sync_neighbors();
     shared.dataplane.lock().unwrap().start(&cfg)?;
     // Opening DPDK af_packet ports flushes the namespace's neighbour table.
     agent.neighbors.resync();
@@ -567,6 +619,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             },
             None => std::thread::sleep(TICK),
         }
+        agent.tick();
         let now = fingerprint(path, &agent.sources);
         if hup.swap(false, Ordering::Relaxed) || now != seen {
             seen = now;

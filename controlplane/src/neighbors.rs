@@ -29,6 +29,9 @@ pub struct Neighbors {
     /// Each backend address in use: how many backends have it, and its next hop (`None`:
     /// none to manage, e.g. a local address).
     addrs: HashMap<IpAddr, (usize, Option<Hop>)>,
+    /// Addresses in use whose route could not be looked up: tried again next update.
+    unresolved: Vec<IpAddr>,
+    last_retry: Option<std::time::Instant>,
     /// The entries this agent made managed, with how many addresses route through each.
     managed: BTreeMap<Hop, usize>,
 }
@@ -66,10 +69,21 @@ impl Neighbors {
         // An address may stop and start again within one update: it keeps its hop.
         stopped.retain(|a| self.addrs.get(a).is_some_and(|e| e.0 == 0));
         started.retain(|a| self.addrs.get(a).is_some_and(|e| e.1.is_none()));
+        started.extend(self.unresolved.drain(..));
+        started.retain(|a| self.addrs.get(a).is_some_and(|e| e.0 > 0 && e.1.is_none()));
+        started.sort_unstable();
+        started.dedup();
         let hops = next_hops(&started);
         let mut commands = Vec::new();
         for (a, hop) in started.iter().zip(hops) {
-            let Some(hop) = hop else { continue };
+            let hop = match hop {
+                Lookup::Hop(hop) => hop,
+                Lookup::Local => continue,
+                Lookup::Failed => {
+                    self.unresolved.push(*a);
+                    continue;
+                }
+            };
             let n = self.managed.entry(hop.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
@@ -91,6 +105,17 @@ impl Neighbors {
         }
     }
 
+    /// Looks again (at most every few seconds) at the addresses whose route could not
+    /// be looked up before.
+    pub fn retry(&mut self, tables: &Tables) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        if self.unresolved.is_empty() || self.last_retry.is_some_and(|t| t.elapsed() < EVERY) {
+            return;
+        }
+        self.last_retry = Some(std::time::Instant::now());
+        self.update(tables, &[]);
+    }
+
     /// Makes every entry again (after something flushed the namespace's neighbour
     /// table: opening DPDK af_packet ports does).
     pub fn resync(&mut self) {
@@ -105,25 +130,40 @@ impl Neighbors {
     }
 }
 
+/// What the kernel's route to a backend says.
+enum Lookup {
+    Hop(Hop),
+    /// Through `lo`: no neighbour to keep.
+    Local,
+    /// No route (yet), or `ip` failed.
+    Failed,
+}
+
 /// The next hop of each of `dsts` (as the kernel routes it now), in one `ip` process.
-fn next_hops(dsts: &[IpAddr]) -> Vec<Option<Hop>> {
+fn next_hops(dsts: &[IpAddr]) -> Vec<Lookup> {
     if dsts.is_empty() {
         return Vec::new();
     }
     let input: String = dsts.iter().map(|d| format!("route get {d}\n")).collect();
     let out = run_ip(&["-j", "-force", "-batch", "-"], &input).unwrap_or_default();
     // One JSON array a line; an unroutable address prints nothing, so match by `dst`.
-    let mut found: HashMap<IpAddr, Hop> = HashMap::new();
+    let mut found: HashMap<IpAddr, Option<Hop>> = HashMap::new();
     for line in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let Some(route) = v.get(0) else { continue };
         let dst = route.get("dst").and_then(|d| d.as_str()).and_then(|d| d.parse().ok());
-        let dev = route.get("dev").and_then(|d| d.as_str()).filter(|d| *d != "lo");
+        let dev = route.get("dev").and_then(|d| d.as_str());
         let (Some(dst), Some(dev)) = (dst, dev) else { continue };
         let via = route.get("gateway").and_then(|g| g.as_str()).and_then(|g| g.parse().ok());
-        found.insert(dst, (via.unwrap_or(dst), dev.to_owned()));
+        found.insert(dst, (dev != "lo").then(|| (via.unwrap_or(dst), dev.to_owned())));
     }
-    dsts.iter().map(|d| found.get(d).cloned()).collect()
+    dsts.iter()
+        .map(|d| match found.get(d) {
+            Some(Some(hop)) => Lookup::Hop(hop.clone()),
+            Some(None) => Lookup::Local,
+            None => Lookup::Failed,
+        })
+        .collect()
 }
 
 /// Runs `commands` in one `ip -force -batch -`; false if any failed.
@@ -144,8 +184,13 @@ fn run_ip(args: &[&str], input: &str) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+    // Written from another thread while this one reads: `ip` stops reading its input
+    // when nobody drains its output, so writing everything first could wait forever.
+    let mut stdin = child.stdin.take()?;
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().ok()?;
+    writer.join().ok()?.ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // A failed route lookup fails the batch, yet the others printed their routes.
     (out.status.success() || args.contains(&"-j")).then_some(text)

@@ -13,7 +13,7 @@ use vipr_xdp::ProgramReport;
 pub struct PollDataplane {
     kind: DataplaneKind,
     tables: SharedTables,
-    programmed: Option<Tables>,
+    programmed: Option<std::sync::Arc<Tables>>,
     engine: Option<Engine>,
     conntrack_capacity: u32,
     /// Interface names by ifindex, for the queue counters.
@@ -100,7 +100,8 @@ impl Dataplane for PollDataplane {
     /// A whole new snapshot for the workers (a copy of the tables: the workers read
     /// them while the compiler goes on changing its own).
     fn program(&mut self, tables: &Tables, changes: &TablesChanges) -> Result<ProgramReport> {
-        self.tables.store(tables.clone());
+        let tables = std::sync::Arc::new(tables.clone());
+        self.tables.store_arc(tables.clone());
         let report = ProgramReport {
             vips_written: changes.vips.len(),
             vips_removed: changes.removed.len(),
@@ -108,12 +109,12 @@ impl Dataplane for PollDataplane {
             backends_written: changes.backends.len(),
             ..ProgramReport::default()
         };
-        self.programmed = Some(tables.clone());
+        self.programmed = Some(tables);
         Ok(report)
     }
 
     fn programmed(&self) -> Option<&Tables> {
-        self.programmed.as_ref()
+        self.programmed.as_deref()
     }
 
     fn snapshot(&self) -> Result<Snapshot> {

@@ -70,6 +70,11 @@ impl SharedTables {
         self.0.store(Arc::new(tables));
     }
 
+    /// Publishes tables already shared.
+    pub fn store_arc(&self, tables: Arc<Tables>) {
+        self.0.store(tables);
+    }
+
     pub fn load(&self) -> Arc<Tables> {
         self.0.load_full()
     }

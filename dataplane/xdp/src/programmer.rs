@@ -254,6 +254,13 @@ impl Programmer {
             ranges_in.extend(new.difference(&old).copied());
             ranges_out.extend(old.difference(&new).copied());
         }
+        // A VIP id freed and taken again within the change: an entry one VIP leaves and
+        // the other gets stays.
+        let kept: Vec<RangeKey> = ranges_in.intersection(&ranges_out).copied().collect();
+        for k in &kept {
+            ranges_in.remove(k);
+            ranges_out.remove(k);
+        }
         let ranges = self.range_count + ranges_in.len() - ranges_out.len();
         let hops = ch.next_hops.then(|| next_hops(t));
         let max_vip_id = ch.vips.iter().map(|k| t.vips[k].info.vip_id as usize + 1).max();

@@ -203,6 +203,15 @@ fn applying_only_the_changes_leaves_the_maps_as_the_tables_say() {
         let ch = if rng.below(4) == 0 {
             let key = spec(&mut rng, port).key();
             compiler.update(&[], &[key]).unwrap()
+        } else if rng.below(3) == 0 {
+            // A Service's port changes: one VIP goes, one comes, in one change (the new
+            // one may take the old one's freed id, with the same source ranges).
+            let old = spec(&mut rng, port);
+            let mut new = old.clone();
+            new.port = 1000 + rng.below(40) as u16;
+            let ch = compiler.update(std::slice::from_ref(&old), &[]).unwrap();
+            programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+            compiler.update(&[new], &[old.key()]).unwrap()
         } else {
             compiler.update(&[spec(&mut rng, port)], &[]).unwrap()
         };
