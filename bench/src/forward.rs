@@ -416,6 +416,7 @@ pub fn suite(opts: &Opts, machine: &str) -> Result<(String, Vec<Sample>)> {
             conntrack_flows: 1 << 18,
             source_ranges: 16,
             next_hops: 16,
+            ..Limits::default()
         };
         let mut xdp = in_netns(&lb, || Ok(Xdp::load(limits, None)?))?;
         let start = Instant::now();

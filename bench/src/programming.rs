@@ -99,6 +99,9 @@ fn limits() -> Limits {
         conntrack_flows: 1 << 12,
         source_ranges: 64,
         next_hops: 64,
+        // Room for 10k rings of 10 backends, with their headroom, as the VIP and backend
+        // maps are sized for them.
+        ring_slots: 16 << 20,
     }
 }
 
@@ -581,9 +584,9 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         s,
         "Goal: at least 100x faster: **{}** ({:.0}x). Memory: the objects took {:.0} MiB of RSS; \
          translating, compiling and programming them grew this process's RSS by {:.0} MiB more \
-         (desired state, compiled tables, the programmer's copy of what is programmed); the rings \
-         hold {:.0} MiB in the kernel (8 bytes a slot, the kernel's array stride, plus a quarter \
-         of headroom so a ring that grows a little is rewritten in place). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
+         (desired state, compiled tables, the programmer's copy of what is programmed); the ring \
+         pool holds {:.0} MiB in the kernel (4 bytes a slot, a quarter of headroom a ring so \
+         one that grows a little is rewritten in place, an eighth of the pool free). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
          memory not counted).\n",
         if ms(c.kube_proxy()) / ms(c.vipr()) >= 100.0 { "met" } else { "not met" },
         ms(c.kube_proxy()) / ms(c.vipr()),

@@ -86,6 +86,7 @@ pub fn suite(smoke: bool, machine: &str) -> Result<String> {
         conntrack_flows: 1 << 16,
         source_ranges: 16,
         next_hops: 16,
+        ring_slots: 1 << 16,
     };
     let mut xdp = Xdp::load(limits, None)?;
     let tables = Compiler::default().compile(&desired())?;

@@ -205,6 +205,11 @@ struct Agent {
     retry: bool,
     /// Backend ids programmed and not yet followed by the neighbour entries.
     neighbors_due: Vec<u32>,
+    /// Whether this agent programmed the tables yet. An agent that adopts a pinned
+    /// dataplane serving a cluster waits for the cluster's Services before its first
+    /// programming: the pins hold them, and programming the config alone would remove
+    /// them until the API server answers.
+    programmed: bool,
 }
 
 impl Agent {
@@ -250,6 +255,7 @@ impl Agent {
         }
         let changes = self.compiler.sync(&desired).context("compiling the tables")?;
         let report = self.program_changes(changes)?;
+        self.programmed = true;
         self.base = Some(base);
         self.base_keys = base_keys;
         let cluster_pending = cfg.kubernetes.is_some() && self.cluster.is_none();
@@ -278,7 +284,7 @@ impl Agent {
     /// Work that waits for the next tick: a dataplane that failed to take a change is
     /// programmed again; neighbours whose route was missing are looked up again.
     fn tick(&mut self) {
-        if self.retry {
+        if self.retry && self.programmed {
             match self.program_changes(TablesChanges::default()) {
                 Ok(_) => tracing::info!("the dataplane took the tables on a retry"),
                 Err(e) => tracing::warn!("programming the dataplane failed again: {e:#}"),
@@ -321,6 +327,12 @@ impl Agent {
                 return;
             }
         };
+        if !self.programmed {
+            tracing::info!("reloaded; programmed once the cluster's Services arrive");
+            self.base = Some(base);
+            self.cfg = cfg;
+            return;
+        }
         match self.program(&cfg, Some(base)) {
             Ok(r) => {
                 self.shared.record_latency(changed_at);
@@ -368,14 +380,23 @@ impl Agent {
             pool_usage = u.pool_usage;
         }
         touched.extend(self.rejected.drain());
-        let report = self.program_cluster(&touched);
+        let report = if self.programmed {
+            self.program_cluster(&touched)
+        } else {
+            // The first programming of an agent that adopted its dataplane: everything.
+            let cfg = self.cfg.clone();
+            self.program(&cfg, None).unwrap_or_else(|e| {
+                tracing::error!("the tables could not be programmed: {e:#}");
+                vipr_xdp::ProgramReport::default()
+            })
+        };
         // A (re)connection's first update is timed from listing everything, maybe after
         // an outage: not a change, so it stays out of the event-to-programmed histogram.
         if !initial {
             self.shared.record_latency(first_event);
         }
         self.sync_neighbors();
-        self.shared.ready.store(true, Ordering::Relaxed);
+        self.shared.ready.store(self.programmed, Ordering::Relaxed);
         let mut pools = self.shared.pools.lock().unwrap();
         for (name, _, used) in pools.iter_mut() {
             *used = pool_usage.iter().find(|(n, _)| n == name).map_or(0, |u| u.1);
@@ -574,8 +595,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
         rejected: HashSet::new(),
         retry: false,
         neighbors_due: Vec::new(),
+        programmed: false,
     };
-    let report = agent.program(&cfg, None)?;
+    let report = if adopting && cfg.kubernetes.is_some() {
+        // The pins serve the cluster's Services until it answers (see `programmed`).
+        agent.base = Some(desired(&cfg, &agent.sources)?);
+        tracing::info!("adopted a dataplane that serves a cluster: it is programmed again once the cluster's Services arrive");
+        vipr_xdp::ProgramReport::default()
+    } else {
+        agent.program(&cfg, None)?
+    };
     agent.sync_neighbors();
     shared.dataplane.lock().unwrap().start(&cfg)?;
     // Opening DPDK af_packet ports flushes the namespace's neighbour table.

@@ -118,7 +118,7 @@ pub fn maps_snapshot(maps: &Maps) -> Result<Snapshot> {
         .vips
         .iter()
         .filter_map(|r| r.ok())
-        .map(|(k, i)| (k, i, maps.ring_size(i.vip_id).unwrap_or(0)))
+        .map(|(k, i)| (k, i, maps.ring_size(&i).unwrap_or(0)))
         .collect();
     let ct = maps.conntrack_summary();
     Ok(Snapshot {

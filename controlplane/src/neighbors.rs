@@ -69,7 +69,7 @@ impl Neighbors {
         // An address may stop and start again within one update: it keeps its hop.
         stopped.retain(|a| self.addrs.get(a).is_some_and(|e| e.0 == 0));
         started.retain(|a| self.addrs.get(a).is_some_and(|e| e.1.is_none()));
-        started.extend(self.unresolved.drain(..));
+        started.append(&mut self.unresolved);
         started.retain(|a| self.addrs.get(a).is_some_and(|e| e.0 > 0 && e.1.is_none()));
         started.sort_unstable();
         started.dedup();

@@ -202,7 +202,9 @@ fn setup_with(name: &str, how: Hops) -> Setup {
             // From inside the vipr namespace (this thread is): the kernel resolves the
             // backends' neighbours by itself, and the follower reads them.
             let mut neighbors = vipr::neighbors::Neighbors::default();
-            neighbors.sync(s.config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)));
+            let tables = s.compiler.tables();
+            let ids: Vec<u32> = (0..tables.backends.len() as u32).collect();
+            neighbors.update(tables, &ids);
             s.neighbors = Some(neighbors);
             let dpdk = s.dpdk.take().unwrap();
             let engine = dpdk.start_engine_resolving(&[None], &s.shared, engine_options());

@@ -2,8 +2,9 @@
 //! scripts/k8s-test.sh, which passes VIPR_K8S_URL, VIPR_K8S_TOKEN and VIPR_K8S_STATE):
 //! a LoadBalancer Service and its EndpointSlice go in through the API; the agent
 //! allocates the address from its pool, writes it to the Service's status, programs the
-//! XDP dataplane, and real TCP from a client namespace reaches the pods. Scaling the
-//! slice and deleting the Service reach the dataplane too, each timed by the agent's
+//! XDP dataplane, and real TCP from a client namespace reaches the pods. An agent
+//! restarted while the API server is out of reach keeps serving from its pins. Scaling
+//! the slice and deleting the Service reach the dataplane too, each timed by the agent's
 //! event-to-programmed histogram.
 
 use k8s_openapi::api::core::v1::Service;
@@ -138,7 +139,8 @@ fn a_loadbalancer_service_from_the_api_is_allocated_programmed_and_reached() {
             token_file.display()
         );
     std::fs::write(&config, text).unwrap();
-    let agent = Agent::start(Path::new(VIPR), &config, "e2e-k8s", &tb.lb_ns()).expect("vipr run");
+    let mut agent =
+        Agent::start(Path::new(VIPR), &config, "e2e-k8s", &tb.lb_ns()).expect("vipr run");
 
     let svc = labelled(fixtures::service(NAME).load_balancer().port(8088, 8080).build());
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -169,6 +171,31 @@ fn a_loadbalancer_service_from_the_api_is_allocated_programmed_and_reached() {
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["failures"], 0, "{r}");
     assert_eq!(r["backends"].as_object().unwrap().len(), 2, "{r}");
+
+    // Restarted while the API server is out of reach: the pinned dataplane keeps serving
+    // the Service (the agent programs nothing before the cluster answers), then catches
+    // up once it does.
+    let reachable = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, reachable.replace(&url, "https://127.0.0.1:1")).unwrap();
+    agent.kill9();
+    agent.restart().expect("vipr run again, API server out of reach");
+    std::thread::sleep(Duration::from_secs(2));
+    backends("e2e-k8s", &vip, 2);
+    let out = tb.ns(&tb.client_ns(), &[VIPR, "probe", &vip, "--count", "20"]).unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], 0, "served from the pins while the API is away: {r}");
+    assert_eq!(r["backends"].as_object().unwrap().len(), 2, "{r}");
+    let st = vipr_json(&["status", "--json", "--instance", "e2e-k8s"]);
+    assert_eq!(st["ready"], false, "not ready before the cluster answered: {st}");
+    std::fs::write(&config, &reachable).unwrap();
+    agent.kill9();
+    agent.restart().expect("vipr run again");
+    wait_for("ready again", || {
+        let st = vipr_json(&["status", "--json", "--instance", "e2e-k8s"]);
+        (st["ready"] == true).then_some(())
+    });
+    backends("e2e-k8s", &vip, 2);
+    let st = vipr_json(&["status", "--json", "--instance", "e2e-k8s"]);
 
     // Scale down to one endpoint: one backend left, and the change was timed.
     let count_before = st["programming"]["count"].as_u64().unwrap_or(0);

@@ -54,10 +54,11 @@
 //! whole keeps those VIPs out rather than open them to everyone.
 
 use crate::object::{namespace, Kind, LbClass, ObjectRef, SERVICE_NAME_LABEL};
+use hashbrown::HashMap;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use vipr_abi::{DEFAULT_RING_MAX, PROTO_TCP, PROTO_UDP};
@@ -222,7 +223,8 @@ pub fn translate(inputs: &Inputs, opts: &Options) -> Translation {
     services.sort_by(|a, b| service_key(a).cmp(&service_key(b)));
     let mut node_missing_reported = false;
     for svc in services {
-        let cx = ServiceCx { svc, opts, slices: &slices, nodes: &nodes };
+        let me = ObjectRef::service(svc);
+        let cx = ServiceCx { svc, me: &me, opts, slices: &slices, nodes: &nodes };
         cx.translate(&mut out, &mut node_missing_reported);
     }
     out.finish()
@@ -298,9 +300,63 @@ struct Slice<'a> {
     endpoints: Vec<(IpAddr, &'a k8s_openapi::api::discovery::v1::Endpoint)>,
 }
 
+impl<'a> Slice<'a> {
+    /// The usable ports and endpoints of a slice, or `None` (reported) when none are.
+    fn parse(s: &'a EndpointSlice, out: &mut Out) -> Option<Self> {
+        // Named only for a warning: most slices have none.
+        let me = || ObjectRef::of(Kind::EndpointSlice, &s.metadata);
+        if s.address_type != "IPv4" && s.address_type != "IPv6" {
+            out.warn(
+                &me(),
+                Problem::UnsupportedAddressType { address_type: s.address_type.clone() },
+            );
+            return None;
+        }
+        let mut ports = Vec::new();
+        for p in s.ports.iter().flatten() {
+            // A port without a number means "all ports", which no Service port uses.
+            let Some(number) = p.port else { continue };
+            let number = match u16::try_from(number) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    out.warn(&me(), Problem::BadSlicePort { port: number });
+                    continue;
+                }
+            };
+            ports.push((
+                p.name.as_deref().unwrap_or(""),
+                p.protocol.as_deref().unwrap_or("TCP"),
+                number,
+            ));
+        }
+        let listed = s.endpoints.as_deref().unwrap_or_default();
+        let mut endpoints = Vec::with_capacity(listed.len());
+        for ep in listed {
+            // Consumers use the first address only (the API says they are fungible).
+            let Some(text) = ep.addresses.first() else { continue };
+            match text.parse::<IpAddr>() {
+                Ok(addr) if addr.is_ipv4() == (s.address_type == "IPv4") => {
+                    endpoints.push((addr, ep))
+                }
+                Ok(addr) => out.warn(
+                    &me(),
+                    Problem::NotOfAddressType { addr, address_type: s.address_type.clone() },
+                ),
+                Err(_) => out.warn(
+                    &me(),
+                    Problem::BadAddress { field: "endpoints[].addresses", value: text.clone() },
+                ),
+            }
+        }
+        Some(Slice { ports, endpoints })
+    }
+}
+
 /// The usable slices by (namespace, service name), parsed once.
 struct SliceIndex<'a> {
     by_service: HashMap<(&'a str, &'a str), Vec<Slice<'a>>>,
+    /// Set by [`SliceIndex::of_one`]: the slices of the one Service asked about.
+    one: Option<Vec<Slice<'a>>>,
 }
 
 impl<'a> SliceIndex<'a> {
@@ -314,93 +370,54 @@ impl<'a> SliceIndex<'a> {
             else {
                 continue;
             };
-            let me = ObjectRef::of(Kind::EndpointSlice, &s.metadata);
-            if s.address_type != "IPv4" && s.address_type != "IPv6" {
-                out.warn(
-                    &me,
-                    Problem::UnsupportedAddressType { address_type: s.address_type.clone() },
-                );
-                continue;
+            if let Some(slice) = Slice::parse(s, out) {
+                by_service
+                    .entry((namespace(&s.metadata), service.as_str()))
+                    .or_default()
+                    .push(slice);
             }
-            let mut ports = Vec::new();
-            for p in s.ports.iter().flatten() {
-                // A port without a number means "all ports", which no Service port uses.
-                let Some(number) = p.port else { continue };
-                let number = match u16::try_from(number) {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        out.warn(&me, Problem::BadSlicePort { port: number });
-                        continue;
-                    }
-                };
-                ports.push((
-                    p.name.as_deref().unwrap_or(""),
-                    p.protocol.as_deref().unwrap_or("TCP"),
-                    number,
-                ));
-            }
-            let mut endpoints = Vec::new();
-            for ep in s.endpoints.iter().flatten() {
-                // Consumers use the first address only (the API says they are fungible).
-                let Some(text) = ep.addresses.first() else { continue };
-                match text.parse::<IpAddr>() {
-                    Ok(addr) if addr.is_ipv4() == (s.address_type == "IPv4") => {
-                        endpoints.push((addr, ep))
-                    }
-                    Ok(addr) => out.warn(
-                        &me,
-                        Problem::NotOfAddressType { addr, address_type: s.address_type.clone() },
-                    ),
-                    Err(_) => out.warn(
-                        &me,
-                        Problem::BadAddress { field: "endpoints[].addresses", value: text.clone() },
-                    ),
-                }
-            }
-            by_service
-                .entry((namespace(&s.metadata), service.as_str()))
-                .or_default()
-                .push(Slice { ports, endpoints });
         }
-        SliceIndex { by_service }
+        SliceIndex { by_service, one: None }
+    }
+
+    /// The slices of one Service (the [`Translator`] knows which they are), in name
+    /// order, as [`Self::new`] would index them, for a translation of that Service only.
+    fn of_one(sorted: impl IntoIterator<Item = &'a EndpointSlice>, out: &mut Out) -> Self {
+        let one = sorted.into_iter().filter_map(|s| Slice::parse(s, out)).collect();
+        SliceIndex { by_service: HashMap::new(), one: Some(one) }
     }
 
     /// The endpoints of one Service port: each slice maps the port through its own
     /// port of the same name and protocol. One address:port listed twice (a pod moving
     /// between slices) counts once, in its best state.
     fn endpoints(&self, ns: &str, svc: &str, name: &str, protocol: &str) -> Vec<Endpoint<'a>> {
-        let mut found: BTreeMap<(IpAddr, u16), Endpoint<'a>> = BTreeMap::new();
-        for slice in self.by_service.get(&(ns, svc)).into_iter().flatten() {
+        let slices = match &self.one {
+            Some(one) => one.as_slice(),
+            None => self.by_service.get(&(ns, svc)).map_or(&[][..], Vec::as_slice),
+        };
+        let mut found: Vec<Endpoint<'a>> = Vec::new();
+        for slice in slices {
             let Some(&(_, _, port)) =
                 slice.ports.iter().find(|(n, p, _)| *n == name && *p == protocol)
             else {
                 continue;
             };
+            found.reserve(slice.endpoints.len());
             for &(addr, ep) in &slice.endpoints {
                 let c = ep.conditions.as_ref();
                 // The API's defaults: ready unless said otherwise; serving as ready.
                 let ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let serving = c.and_then(|c| c.serving).unwrap_or(ready);
                 let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let e = Endpoint {
-                    addr,
-                    port,
-                    ready,
-                    serving,
-                    terminating,
-                    node: ep.node_name.as_deref(),
-                };
-                found
-                    .entry((addr, port))
-                    .and_modify(|old| {
-                        if rank(&e) > rank(old) {
-                            *old = e.clone();
-                        }
-                    })
-                    .or_insert(e);
+                let node = ep.node_name.as_deref();
+                found.push(Endpoint { addr, port, ready, serving, terminating, node });
             }
         }
-        found.into_values().collect()
+        // By address:port, the best state first; the sort is stable, so of equals the
+        // one listed first (slices in name order) stays.
+        found.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)).then(rank(b).cmp(&rank(a))));
+        found.dedup_by(|later, kept| (later.addr, later.port) == (kept.addr, kept.port));
+        found
     }
 }
 
@@ -509,14 +526,16 @@ impl fmt::Display for Families {
 
 struct ServiceCx<'a, 'b> {
     svc: &'b Service,
+    /// The Service's name, as [`ObjectRef::service`] gives it.
+    me: &'b ObjectRef,
     opts: &'b Options,
     slices: &'b SliceIndex<'a>,
     nodes: &'b NodeIndex,
 }
 
 /// The VIP-independent facts of one Service, read once.
-struct ServiceFacts {
-    me: ObjectRef,
+struct ServiceFacts<'b> {
+    me: &'b ObjectRef,
     families: Families,
     cluster_ips: Vec<IpAddr>,
     external_ips: Vec<IpAddr>,
@@ -531,29 +550,29 @@ struct ServiceFacts {
 
 impl<'a> ServiceCx<'a, '_> {
     fn translate(&self, out: &mut Out, node_missing_reported: &mut bool) {
-        let me = ObjectRef::service(self.svc);
+        let me = self.me;
         let Some(spec) = &self.svc.spec else { return };
         let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
         match type_ {
             "ClusterIP" | "NodePort" | "LoadBalancer" => {}
             "ExternalName" => return,
             other => {
-                out.warn(&me, Problem::UnknownType { type_: other.to_owned() });
+                out.warn(me, Problem::UnknownType { type_: other.to_owned() });
                 return;
             }
         }
-        let cluster_ip_texts: Vec<&str> = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-            _ => spec.cluster_ip.as_deref().into_iter().collect(),
+        let cluster_ip_texts: &[String] = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips,
+            _ => spec.cluster_ip.as_slice(),
         };
         // Headless: DNS hands out the pods; there is no address to balance.
-        if cluster_ip_texts.contains(&"None") {
+        if cluster_ip_texts.iter().any(|t| t == "None") {
             return;
         }
         let cluster_ips = parse_addrs(
-            cluster_ip_texts.iter().copied().filter(|t| !t.is_empty()),
+            cluster_ip_texts.iter().map(String::as_str).filter(|t| !t.is_empty()),
             "spec.clusterIPs",
-            &me,
+            me,
             out,
         );
         let families = families(spec, &cluster_ips);
@@ -563,7 +582,7 @@ impl<'a> ServiceCx<'a, '_> {
                     let ok = families.allows(ip);
                     if !ok {
                         let families = families.to_string();
-                        out.warn(&me, Problem::WrongFamily { field, addr: ip, families });
+                        out.warn(me, Problem::WrongFamily { field, addr: ip, families });
                     }
                     ok
                 })
@@ -572,7 +591,7 @@ impl<'a> ServiceCx<'a, '_> {
         let external_ips = parse_addrs(
             spec.external_ips.iter().flatten().map(String::as_str),
             "spec.externalIPs",
-            &me,
+            me,
             out,
         );
         let external_ips = keep_family(external_ips, "spec.externalIPs", out);
@@ -592,11 +611,11 @@ impl<'a> ServiceCx<'a, '_> {
             }
             i.ip.as_deref()
         });
-        let ingress = parse_addrs(ingress_texts, "status.loadBalancer.ingress[].ip", &me, out);
+        let ingress = parse_addrs(ingress_texts, "status.loadBalancer.ingress[].ip", me, out);
         let ingress = keep_family(ingress, "status.loadBalancer.ingress[].ip", out);
 
         let source_ranges =
-            source_ranges(spec, &me, if ingress.is_empty() { None } else { Some(&mut *out) });
+            source_ranges(spec, me, if ingress.is_empty() { None } else { Some(&mut *out) });
         let facts = ServiceFacts {
             cluster_ips: keep_family(cluster_ips, "spec.clusterIPs", out),
             external_ips,
@@ -620,7 +639,7 @@ impl<'a> ServiceCx<'a, '_> {
                     out.warn(&ObjectRef::new(Kind::Node, "", node_name), Problem::NodeNotFound);
                 }
                 for port in spec.ports.iter().flatten() {
-                    if let Some((number, proto)) = port_of(port, &facts.me, out) {
+                    if let Some((number, proto)) = port_of(port, facts.me, out) {
                         self.daemonset_port(&facts, port, number, proto, node_name, node, out);
                     }
                 }
@@ -630,7 +649,7 @@ impl<'a> ServiceCx<'a, '_> {
                     return;
                 }
                 for port in spec.ports.iter().flatten() {
-                    if let Some((number, proto)) = port_of(port, &facts.me, out) {
+                    if let Some((number, proto)) = port_of(port, facts.me, out) {
                         self.edge_port(&facts, port, number, proto, *pod_routable, out);
                     }
                 }
@@ -649,7 +668,7 @@ impl<'a> ServiceCx<'a, '_> {
         node: Option<&NodeInfo>,
         out: &mut Out,
     ) {
-        let eps = self.endpoints(&facts.me, port);
+        let eps = self.endpoints(facts.me, port);
         let internal_node = facts.internal_local.then_some(node_name);
         let external_node = facts.external_local.then_some(node_name);
         let mut push = |kind, addr: IpAddr, vip_port: u16, ranges: Vec<IpNet>, local| {
@@ -690,10 +709,10 @@ impl<'a> ServiceCx<'a, '_> {
         if facts.ingress.is_empty() {
             return;
         }
-        let eps = self.endpoints(&facts.me, port);
+        let eps = self.endpoints(facts.me, port);
         let node_port = port.node_port.and_then(|n| u16::try_from(n).ok()).filter(|&n| n > 0);
         if !pod_routable && node_port.is_none() {
-            out.warn(&facts.me, Problem::NoNodePort { port: port.port });
+            out.warn(facts.me, Problem::NoNodePort { port: port.port });
             return;
         }
         for &ip in &facts.ingress {
@@ -800,28 +819,26 @@ impl<'a> ServiceCx<'a, '_> {
 fn choose<'e, 'a>(
     eps: &'e [Endpoint<'a>],
     vip: IpAddr,
-    node: Option<&str>,
-) -> Vec<(&'e Endpoint<'a>, bool)> {
-    let candidates: Vec<&Endpoint> = eps
-        .iter()
-        .filter(|e| e.addr.is_ipv4() == vip.is_ipv4())
-        .filter(|e| node.is_none_or(|n| e.node == Some(n)))
-        .collect();
-    let any_ready = candidates.iter().any(|e| e.ready);
-    candidates
-        .into_iter()
-        .map(|e| {
-            let active = if any_ready { e.ready } else { e.serving && e.terminating };
-            (e, active)
-        })
-        .collect()
+    node: Option<&'e str>,
+) -> impl Iterator<Item = (&'e Endpoint<'a>, bool)> + 'e {
+    let candidate = move |e: &&Endpoint| {
+        e.addr.is_ipv4() == vip.is_ipv4() && node.is_none_or(|n| e.node == Some(n))
+    };
+    let any_ready = eps.iter().filter(candidate).any(|e| e.ready);
+    eps.iter().filter(candidate).map(move |e| {
+        let active = if any_ready { e.ready } else { e.serving && e.terminating };
+        (e, active)
+    })
 }
 
 fn pod_backends(eps: &[Endpoint], vip: IpAddr, node: Option<&str>) -> Vec<BackendSpec> {
-    let backends = choose(eps, vip, node)
-        .into_iter()
-        .map(|(e, active)| BackendSpec { addr: e.addr, port: e.port, weight: 1, draining: !active })
-        .collect();
+    let mut backends = Vec::with_capacity(eps.len());
+    backends.extend(choose(eps, vip, node).map(|(e, active)| BackendSpec {
+        addr: e.addr,
+        port: e.port,
+        weight: 1,
+        draining: !active,
+    }));
     sort_backends(backends)
 }
 

@@ -6,7 +6,7 @@
 //! |-----------------|----------------------|-----------------|-------------------|--------------------|
 //! | `VIPS`          | hash                 | `VipKey`        | `VipInfo`         | `MAX_VIPS`         |
 //! | `VIP_ADDRS`     | hash                 | `VipAddrKey`    | `u32` (VIP count) | `MAX_VIPS`         |
-//! | `RINGS`         | array of maps        | vip id          | ring (array `u32`)| `MAX_VIPS`         |
+//! | `RINGS`         | array of maps        | 0               | the ring pool     | 1                  |
 //! | `BACKENDS`      | array                | backend id      | `BackendInfo`     | `MAX_BACKENDS`     |
 //! | `SOURCE_RANGES` | LPM trie             | `SourceRangeKey`| `u8` (unused)     | `MAX_SOURCE_RANGES`|
 //! | `NEXT_HOPS`     | LPM trie             | `NextHopKey`    | `NextHopValue`    | `MAX_NEXT_HOPS`    |
@@ -18,10 +18,15 @@
 //! | `VIP_STATS`     | per-CPU array        | vip id          | `Stats`           | `MAX_VIPS`         |
 //! | `BACKEND_STATS` | per-CPU array        | backend id      | `Stats`           | `MAX_BACKENDS`     |
 //!
-//! A ring is an inner array map of `M + 1` `u32`s, `[M, slot 0, .., slot M-1]`, created
-//! with `BPF_F_INNER_MAP` so rings of different sizes share one outer map. The control
-//! plane builds a new inner map aside and flips the outer slot: a packet sees the old
-//! ring or the new one, never half of one.
+//! Every VIP's Maglev ring lives in one pool: an inner array map of `u64`s, each holding
+//! two `u32` ring slots (low half first), so slot `i` is the `i`-th `u32` of the map's
+//! memory. A VIP's ring is `M + 1` consecutive slots, `[M, slot 0, .., slot M-1]`,
+//! starting at `VipInfo::ring_offset`. The control plane writes rings through a memory
+//! mapping of the pool (`BPF_F_MMAPABLE`): one map for 10k rings instead of 10k maps,
+//! at 4 bytes a slot. A ring that moves is written aside first and the VIP's entry
+//! switched after, so a packet reads the old ring or the new one. The pool sits in
+//! `RINGS[0]` (`BPF_F_INNER_MAP`: pools of any size) so it can grow: a larger copy is
+//! swapped in.
 //!
 //! The conntrack is one shared LRU hash, not per CPU: the reply of a flow may arrive on
 //! another CPU (another RX queue) than its forward packets, and must find the flow.
@@ -61,9 +66,11 @@ pub const ALL: [&str; 13] = [
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// `BPF_F_MMAPABLE`: userspace may map the array's memory and write it directly.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// Rings: of any size in one outer map, and written by the control plane through a
-/// memory mapping (a 1009-slot ring is a memcpy, not 1009 element updates).
+/// The ring pool: of any size in its outer map, and written by the control plane
+/// through a memory mapping (a 1009-slot ring is a memcpy, not 1009 element updates).
 pub const RING_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
+/// The ring pool's slot in `RINGS`.
+pub const RING_POOL: u32 = 0;
 /// `BPF_F_NO_PREALLOC`, which LPM tries require.
 pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 

@@ -98,7 +98,9 @@ pub struct VipInfo {
     pub vip_id: u32,
     pub flags: u32,
     pub affinity_timeout_s: u32,
-    pub _pad: u32,
+    /// Where the VIP's ring starts in the ring pool (see `maps`); the XDP programmer
+    /// sets it (the userspace tables hold the ring itself and leave it 0).
+    pub ring_offset: u32,
     /// Source address of `snat` flows (same family as the VIP).
     pub snat_addr: Addr,
 }

@@ -1,12 +1,13 @@
 //! The tables the packet path reads, and the compiler that builds them from a desired
 //! state (what the control plane wants programmed).
 //!
-//! A `Tables` value is immutable once built. The control plane compiles a new one and
-//! swaps it in with one atomic pointer store (`arc_swap`), so a packet sees either the
-//! old tables or the new ones, never a mix: per-VIP atomicity comes for free. The
-//! compiler keeps VIP and backend ids stable across compiles (conntrack entries and
-//! counters refer to them) and reuses a VIP's ring when its backend set has not
-//! changed, so one endpoint change among 10k VIPs rebuilds one ring.
+//! The [`Compiler`] keeps one `Tables` up to date and says what each compile changed
+//! ([`TablesChanges`]), so a programmer writes only that. The userspace packet path
+//! reads a copy of it, swapped in with one atomic pointer store (`arc_swap`), so a
+//! packet sees either the old tables or the new ones, never a mix. The compiler keeps
+//! VIP and backend ids stable across compiles (conntrack entries and counters refer to
+//! them) and reuses a VIP's ring when its backend set has not changed, so one endpoint
+//! change among 10k VIPs rebuilds one ring.
 
 use crate::maglev::{self, BackendIdentity, WeightedBackend};
 pub use hashbrown::HashMap;
@@ -210,13 +211,15 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
     /// Takes over ids handed out before (by an agent whose tables a restarted one
     /// adopts); the gaps between them become free ids.
     fn adopt(&mut self, pairs: impl IntoIterator<Item = (K, u32)>) {
+        let mut used: hashbrown::HashSet<u32> = self.ids.values().copied().collect();
         for (key, id) in pairs {
-            if id < self.limit {
+            // An id held twice (an agent that died between writing a new VIP and removing
+            // the old one) goes to the first key only, so no two keys ever share it.
+            if id < self.limit && used.insert(id) {
                 self.ids.insert(key, id);
                 self.next = self.next.max(id + 1);
             }
         }
-        let used: hashbrown::HashSet<u32> = self.ids.values().copied().collect();
         self.free = (0..self.next).rev().filter(|id| !used.contains(id)).collect();
     }
 
@@ -265,6 +268,17 @@ pub struct TablesChanges {
 }
 
 impl TablesChanges {
+    /// Adds what a later compile changed.
+    pub fn merge(&mut self, later: TablesChanges) {
+        self.vips.retain(|k| !later.removed.contains(k));
+        self.removed.retain(|k| !later.vips.contains(k));
+        self.vips.extend(later.vips);
+        self.removed.extend(later.removed);
+        self.backends.extend(later.backends);
+        self.settings |= later.settings;
+        self.next_hops |= later.next_hops;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.vips.is_empty()
             && self.removed.is_empty()
@@ -376,23 +390,23 @@ impl Compiler {
         Ok(changes)
     }
 
-    /// Adds or replaces the VIPs `upserts` and removes the VIPs `removes` (removals
-    /// first, so a key in both ends up upserted), leaving every other VIP as it is.
+    /// Adds or replaces the VIPs `upserts` and removes the VIPs `removes`, leaving every
+    /// other VIP as it is. A key in both is upserted (keeping its ids). Ids adopted
+    /// before the first [`Compiler::sync`] stay reserved until it.
     pub fn update(
         &mut self,
         upserts: &[VipSpec],
         removes: &[VipKey],
     ) -> Result<TablesChanges, CompileError> {
         check_unique(upserts.iter())?;
+        let upserted: hashbrown::HashSet<VipKey> = upserts.iter().map(VipSpec::key).collect();
+        let removes: Vec<VipKey> =
+            removes.iter().filter(|k| !upserted.contains(*k)).copied().collect();
         let upserts: Vec<&VipSpec> = upserts
             .iter()
-            .filter(|s| {
-                removes.contains(&s.key())
-                    || self.tables.vips.get(&s.key()).is_none_or(|v| *v.spec != **s)
-            })
+            .filter(|s| self.tables.vips.get(&s.key()).is_none_or(|v| *v.spec != **s))
             .collect();
-        self.synced = true;
-        self.apply(&upserts, removes)
+        self.apply(&upserts, &removes)
     }
 
     /// Checks that ids suffice for the change, then applies it.
@@ -435,7 +449,12 @@ impl Compiler {
             }
         }
 
-        // Ids and backend entries, in order; the rings they need are built after.
+        // Ids and backend entries, in order; the rings they need are built after. (Room
+        // first: a cold start would otherwise rehash the maps a dozen times.)
+        let backends: usize = upserts.iter().map(|s| s.backends.len()).sum();
+        self.backend_ids.ids.reserve(backends);
+        self.tables.vips.reserve(upserts.len());
+        self.vips.reserve(upserts.len());
         let mut built = Vec::with_capacity(upserts.len());
         for spec in upserts {
             let key = spec.key();
@@ -523,23 +542,27 @@ impl Compiler {
         for key in &removed {
             freed += self.vips.get(key).map_or(0, |s| s.backends.len());
         }
-        let mut needed: hashbrown::HashSet<BackendKey> = hashbrown::HashSet::new();
+        // Upserts have distinct keys (check_unique), so counting each one's distinct
+        // backends without an id counts the ids needed.
+        let mut needed = 0;
+        let mut kept: Vec<BackendIdentity> = Vec::new();
         for spec in upserts {
             let key = spec.key();
             let gone = removed.contains(&key);
-            let old = self.vips.get(&key).filter(|_| !gone);
-            let kept: hashbrown::HashSet<BackendIdentity> =
-                spec.backends.iter().map(identity).collect();
-            if let Some(s) = old {
-                freed += s.backends.iter().filter(|(b, _, _)| !kept.contains(b)).count();
+            kept.clear();
+            kept.extend(spec.backends.iter().map(identity));
+            kept.sort_unstable();
+            kept.dedup();
+            if let Some(s) = self.vips.get(&key).filter(|_| !gone) {
+                freed +=
+                    s.backends.iter().filter(|(b, _, _)| kept.binary_search(b).is_err()).count();
             }
-            for b in &kept {
-                if gone || !self.backend_ids.ids.contains_key(&(key, *b)) {
-                    needed.insert((key, *b));
-                }
-            }
+            needed += kept
+                .iter()
+                .filter(|b| gone || !self.backend_ids.ids.contains_key(&(key, **b)))
+                .count();
         }
-        if self.backend_ids.ids.len() - freed + needed.len() > MAX_BACKENDS as usize {
+        if self.backend_ids.ids.len() - freed + needed > MAX_BACKENDS as usize {
             return Err(CompileError::TooManyBackends { limit: MAX_BACKENDS });
         }
         Ok(())
@@ -577,7 +600,7 @@ fn vip_info(spec: &VipSpec, vip_id: u32) -> VipInfo {
         vip_id,
         flags,
         affinity_timeout_s: spec.affinity_timeout_s.unwrap_or(0),
-        _pad: 0,
+        ring_offset: 0,
         snat_addr: spec.snat_addr.map(|a| addr_of(a).0).unwrap_or([0; 16]),
     }
 }
@@ -586,14 +609,17 @@ fn vip_info(spec: &VipSpec, vip_id: u32) -> VipInfo {
 /// core (a cold start builds one per VIP).
 fn build_rings(jobs: &[(&[WeightedBackend], u32)]) -> Vec<Arc<[u32]>> {
     let one = |&(weighted, m): &(&[WeightedBackend], u32)| -> Arc<[u32]> {
-        let mut ring = vec![0u32; (m + RING_HEADER_SLOTS) as usize];
-        ring[0] = m;
+        // Collected straight into the Arc's own allocation (no Vec to copy from).
+        let mut ring: Arc<[u32]> =
+            std::iter::repeat_n(0u32, (m + RING_HEADER_SLOTS) as usize).collect();
+        let slots = Arc::get_mut(&mut ring).expect("not shared yet");
+        slots[0] = m;
         if weighted.is_empty() {
-            ring[1] = NO_BACKEND;
+            slots[1] = NO_BACKEND;
         } else {
-            maglev::build_into(weighted, &mut ring[RING_HEADER_SLOTS as usize..]);
+            maglev::build_into(weighted, &mut slots[RING_HEADER_SLOTS as usize..]);
         }
-        ring.into()
+        ring
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if jobs.len() < PARALLEL_RINGS || threads < 2 {

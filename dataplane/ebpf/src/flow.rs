@@ -6,7 +6,8 @@
 //! in the userspace conntrack; eviction when the map is full is the kernel's LRU.
 
 use crate::maps::{
-    AFFINITY, BACKENDS, BACKEND_STATS, CONNTRACK, RINGS, SOURCE_RANGES, VIPS, VIP_ADDRS, VIP_STATS,
+    RingPool, AFFINITY, BACKENDS, BACKEND_STATS, CONNTRACK, RINGS, SOURCE_RANGES, VIPS, VIP_ADDRS,
+    VIP_STATS,
 };
 use crate::nat::rewrite_ip;
 use crate::packet::{l4_ports, Ip};
@@ -15,6 +16,7 @@ use aya_ebpf::btf_maps::{lpm_trie::Key, PerCpuArray};
 use aya_ebpf::helpers::bpf_loop;
 use core::ffi::c_void;
 use vipr_abi::tcp::{initial_tcp_state, is_opening, next_tcp_state};
+use vipr_abi::maps::RING_POOL;
 use vipr_abi::*;
 
 // TCP flag bits as in the header's 13th byte.
@@ -290,13 +292,13 @@ fn choose_backend(run: &Run, vip: &VipInfo, ip: &Ip) -> u32 {
     let key = &ip.key;
     let vip_id = vip.vip_id;
     if vip.flags & VIP_F_AFFINITY == 0 {
-        return ring_slot(vip_id, hash(ip, false));
+        return ring_slot(vip, hash(ip, false));
     }
     let akey = AffinityKey { client: key.src, vip_id, family: key.family, _pad: [0; 3] };
     match affinity(&akey, run.now, vip.affinity_timeout_s) {
         Some(id) if usable(id, vip_id) => id,
         _ => {
-            let id = ring_slot(vip_id, hash(ip, true));
+            let id = ring_slot(vip, hash(ip, true));
             if id != NO_BACKEND {
                 let entry = AffinityEntry { last_seen_ns: run.now, backend_id: id, _pad: 0 };
                 let _ = AFFINITY.insert(akey, entry, 0);
@@ -347,14 +349,24 @@ fn usable(backend_id: u32, vip_id: u32) -> bool {
 /// The backend id in the slot of the VIP's ring that `hash` maps to; `NO_BACKEND` when
 /// the ring is empty or not programmed.
 #[inline(always)]
-fn ring_slot(vip_id: u32, hash: u32) -> u32 {
-    let Some(ring) = RINGS.get(vip_id) else {
+fn ring_slot(vip: &VipInfo, hash: u32) -> u32 {
+    let Some(pool) = RINGS.get(RING_POOL) else {
         return NO_BACKEND;
     };
-    let Some(&size) = ring.get(0) else {
+    let start = vip.ring_offset;
+    let Some(size) = pool_slot(pool, start) else {
         return NO_BACKEND;
     };
-    ring.get(RING_HEADER_SLOTS + ring_index(hash, size)).copied().unwrap_or(NO_BACKEND)
+    let at = start.wrapping_add(RING_HEADER_SLOTS).wrapping_add(ring_index(hash, size));
+    pool_slot(pool, at).unwrap_or(NO_BACKEND)
+}
+
+/// Slot `i` of the ring pool: the low half of value `i / 2` for an even `i`, the high
+/// half for an odd one (the `u32`s of the pool's memory in order, little-endian).
+#[inline(always)]
+fn pool_slot(pool: &RingPool, i: u32) -> Option<u32> {
+    let pair = *pool.get(i / 2)?;
+    Some((pair >> ((i % 2) * 32)) as u32)
 }
 
 /// Sets the destination port of `reply` (backend -> SNAT address) to a port no live

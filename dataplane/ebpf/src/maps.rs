@@ -6,7 +6,9 @@ use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use vipr_abi::maps::{DEFAULT_CONNTRACK_FLOWS, MAX_NEXT_HOPS, MAX_SOURCE_RANGES, RING_MAP_FLAGS};
+use vipr_abi::maps::{
+    BPF_F_MMAPABLE, DEFAULT_CONNTRACK_FLOWS, MAX_NEXT_HOPS, MAX_SOURCE_RANGES, RING_MAP_FLAGS,
+};
 use vipr_abi::{
     drop, AffinityEntry, AffinityKey, BackendInfo, FlowEntry, FlowKey, NextHopKey, NextHopValue,
     Settings, SourceRangeKey, Stats, VipAddrKey, VipInfo, VipKey, DEFAULT_RING_MAX, MAX_BACKENDS,
@@ -17,11 +19,12 @@ const VIPS_MAX: usize = MAX_VIPS as usize;
 const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
 const CONNTRACK_FLOWS: usize = DEFAULT_CONNTRACK_FLOWS as usize;
 
-/// A ring: `[M, slot 0, .., slot M-1]`. `BPF_F_INNER_MAP` lets the outer map hold rings
-/// of any size (this declaration's size only shapes the template the loader creates);
-/// `BPF_F_MMAPABLE` lets the control plane write them through a memory mapping.
-pub type Ring =
-    Array<u32, { (RING_HEADER_SLOTS + DEFAULT_RING_MAX) as usize }, { RING_MAP_FLAGS as usize }>;
+/// The ring pool: every VIP's ring, two `u32` slots a value (see `vipr_abi::maps`).
+/// `BPF_F_INNER_MAP` lets the outer map hold a pool of any size (this declaration's size
+/// only shapes the template the loader creates); `BPF_F_MMAPABLE` lets the control plane
+/// write it through a memory mapping.
+pub type RingPool =
+    Array<u64, { (RING_HEADER_SLOTS + DEFAULT_RING_MAX) as usize }, { RING_MAP_FLAGS as usize }>;
 
 #[btf_map]
 pub static VIPS: HashMap<VipKey, VipInfo, VIPS_MAX> = HashMap::new();
@@ -30,10 +33,12 @@ pub static VIPS: HashMap<VipKey, VipInfo, VIPS_MAX> = HashMap::new();
 pub static VIP_ADDRS: HashMap<VipAddrKey, u32, VIPS_MAX> = HashMap::new();
 
 #[btf_map]
-pub static RINGS: ArrayOfMaps<Ring, VIPS_MAX> = ArrayOfMaps::new();
+pub static RINGS: ArrayOfMaps<RingPool, 1> = ArrayOfMaps::new();
 
+/// Mmapable: the control plane writes new entries through a mapping (a cold start of
+/// 100k backends is a memcpy, not 100k element updates).
 #[btf_map]
-pub static BACKENDS: Array<BackendInfo, BACKENDS_MAX> = Array::new();
+pub static BACKENDS: Array<BackendInfo, BACKENDS_MAX, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 // LpmTrie's default flags are BPF_F_NO_PREALLOC, which the kernel requires of LPM tries.
 #[btf_map]

@@ -11,6 +11,7 @@ pub mod bench;
 mod loader;
 mod maps;
 mod programmer;
+mod ring_pool;
 pub mod steer;
 mod sys;
 
@@ -80,12 +81,6 @@ pub enum Error {
     },
     #[error("the tables need {needed} {what} entries; the {map} map holds {limit} (raise the limit in the config)")]
     TooSmall { what: &'static str, map: &'static str, needed: usize, limit: u32 },
-    #[error("writing the ring of VIP id {vip_id}: {source}")]
-    Ring {
-        vip_id: u32,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("BPF_PROG_TEST_RUN: {source}")]
     TestRun {
         #[source]

@@ -58,6 +58,9 @@ pub struct Limits {
     pub conntrack_flows: u32,
     pub source_ranges: u32,
     pub next_hops: u32,
+    /// Ring slots of the ring pool made with the maps (4 bytes each; it grows when full,
+    /// at the cost of a copy and an RCU grace period).
+    pub ring_slots: u32,
 }
 
 impl Default for Limits {
@@ -68,6 +71,8 @@ impl Default for Limits {
             conntrack_flows: names::DEFAULT_CONNTRACK_FLOWS,
             source_ranges: names::MAX_SOURCE_RANGES,
             next_hops: names::MAX_NEXT_HOPS,
+            // 16 MiB: 3000-odd VIPs of 10 backends.
+            ring_slots: 1 << 22,
         }
     }
 }
@@ -105,7 +110,7 @@ impl Xdp {
         loader
             .map_max_entries(names::VIPS, limits.vips)
             .map_max_entries(names::VIP_ADDRS, limits.vips)
-            .map_max_entries(names::RINGS, limits.vips)
+            .map_max_entries(names::RINGS, 1)
             .map_max_entries(names::VIP_STATS, limits.vips)
             .map_max_entries(names::BACKENDS, limits.backends)
             .map_max_entries(names::BACKEND_STATS, limits.backends)
@@ -125,12 +130,15 @@ impl Xdp {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        let pinned_before = pin_dir.is_some_and(|d| d.join(names::VIPS).exists());
         let mut ebpf = loader.load(OBJECT).map_err(|source| Error::Load { source })?;
         for name in [names::PROG_LB, names::PROG_PASS] {
             let prog = xdp_program(&mut ebpf, name)?;
             prog.load().map_err(|source| verifier_error(name, source))?;
         }
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.fresh = !pinned_before;
+        crate::ring_pool::install(&mut maps, limits.ring_slots)?;
         Ok(Xdp { ebpf, maps, limits, pin_dir: pin_dir.map(Path::to_path_buf) })
     }
 

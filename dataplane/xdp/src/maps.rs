@@ -32,6 +32,9 @@ pub struct Maps {
     vips_fd: std::os::fd::OwnedFd,
     backends_fd: std::os::fd::OwnedFd,
     conntrack_fd: std::os::fd::OwnedFd,
+    /// Made by this load and never programmed: nothing to read back before the first
+    /// programming (reading a large empty backend array back costs tens of ms).
+    pub(crate) fresh: bool,
 }
 
 /// Conntrack occupancy as `vipr status` shows it.
@@ -98,6 +101,7 @@ impl Maps {
             backends: typed(names::BACKENDS, backends)?,
             backends_fd,
             conntrack_fd,
+            fresh: false,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
             conntrack: typed(names::CONNTRACK, conntrack)?,
@@ -174,11 +178,29 @@ impl Maps {
         self.rings_fd.as_fd()
     }
 
-    /// The ring size (M) of a VIP id, if it has a ring.
-    pub fn ring_size(&self, vip_id: u32) -> Option<u32> {
-        let inner = self.rings.get(&vip_id, 0).ok()?;
-        let ring: Array<MapData, u32> = Array::try_from(Map::Array(inner)).ok()?;
-        ring.get(&0, 0).ok()
+    /// The ring of the VIP whose entry is `info`, `[M, slot 0, ..]`, read from the ring
+    /// pool; `None` when there is none there.
+    pub fn ring(&self, info: &VipInfo) -> Option<Vec<u32>> {
+        let len = self.ring_size(info)? as usize + vipr_abi::RING_HEADER_SLOTS as usize;
+        let pool = self.rings.get(&vipr_abi::maps::RING_POOL, 0).ok()?;
+        let at = info.ring_offset as usize;
+        let memory =
+            crate::sys::PoolMemory::map(std::os::fd::AsFd::as_fd(pool.fd()), at, len).ok()?;
+        Some((at..at + len).map(|i| memory.read(i)).collect())
+    }
+
+    /// The ring size (M) of the VIP whose entry is `info`, if the pool holds its ring.
+    pub fn ring_size(&self, info: &VipInfo) -> Option<u32> {
+        let pool = self.rings.get(&vipr_abi::maps::RING_POOL, 0).ok()?;
+        let slots = pool.info().ok()?.max_entries() as usize * 2;
+        let at = info.ring_offset as usize;
+        if at >= slots {
+            return None;
+        }
+        let m =
+            crate::sys::PoolMemory::map(std::os::fd::AsFd::as_fd(pool.fd()), at, 1).ok()?.read(at);
+        let fits = at + m as usize + (vipr_abi::RING_HEADER_SLOTS as usize) <= slots;
+        fits.then_some(m)
     }
 
     /// Every conntrack entry (a snapshot; the packet path keeps changing it), read in

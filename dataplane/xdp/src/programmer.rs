@@ -4,20 +4,17 @@
 //! an adopted dataplane is corrected in place, never flushed.
 //!
 //! Order matters for packets in flight: backends before the rings that name them, rings
-//! before the VIPs that use them; removals last. A new ring goes into an inner map filled
-//! aside and swapped into `RINGS` (all of one call's swaps in one update: each update of
-//! an array of maps waits for an RCU grace period). A changed ring that fits the inner
-//! map this programmer made for its VIP is rewritten in place instead
-//! (`InnerRing::write`): no grace period, so one endpoint change costs microseconds.
-//! Rings are written through a memory mapping of the inner map (`BPF_F_MMAPABLE`).
+//! before the VIPs that use them; removals last. Rings live in one pool
+//! ([`RingPool`]): a changed ring that fits its VIP's region is rewritten in place (no
+//! RCU grace period, so one endpoint change costs microseconds); one that does not is
+//! written to a new region, and the VIP's entry, written after, points to it.
 
+use crate::ring_pool::{RingPool, RingWrite};
 use crate::sys;
 use crate::{map_err, Error, Limits, Maps, Result};
 use aya::maps::lpm_trie::Key;
-use aya::maps::MapData;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
@@ -36,9 +33,9 @@ pub struct ProgramReport {
 
 #[derive(Default)]
 pub struct Programmer {
+    /// What the maps hold, VIP entries with their ring offsets.
     programmed: Option<Tables>,
-    /// The inner ring map in each VIP id's `RINGS` slot, when this programmer made it.
-    rings: HashMap<u32, InnerRing>,
+    rings: Option<RingPool>,
     /// Source range entries the maps hold.
     range_count: usize,
 }
@@ -53,9 +50,9 @@ impl Programmer {
         Programmer::default()
     }
 
-    /// Kernel memory of the rings this programmer made (their values and headroom).
+    /// Kernel memory of the ring pool (the rings, their headroom and free room).
     pub fn ring_bytes(&self) -> usize {
-        self.rings.values().map(InnerRing::bytes).sum()
+        self.rings.as_ref().map_or(0, RingPool::bytes)
     }
 
     /// The snapshot the maps hold, if this programmer wrote it.
@@ -73,7 +70,9 @@ impl Programmer {
         let hops = next_hops(t);
         check_limits(limits, t, ranges.len(), hops.len())?;
         let mut report = ProgramReport::default();
-        let prev = self.programmed.take();
+        // Fresh maps hold nothing: the same as having programmed empty tables.
+        let prev = self.programmed.take().or_else(|| maps.fresh.then(Tables::default));
+        maps.fresh = false;
 
         if prev.as_ref().map(|p| p.settings) != Some(t.settings) {
             maps.set_settings(&t.settings)?;
@@ -84,29 +83,45 @@ impl Programmer {
         let prev_backends: &[BackendInfo] = match &prev {
             Some(p) => &p.backends,
             None => {
-                read_backends = maps.backends.iter().map(|b| b.unwrap_or(EMPTY_BACKEND)).collect();
+                read_backends =
+                    match sys::hash_entries::<u32, BackendInfo>(maps.backends_fd(), 8192) {
+                        Ok(entries) => {
+                            let mut v = vec![EMPTY_BACKEND; entries.len()];
+                            for (id, b) in entries {
+                                if let Some(slot) = v.get_mut(id as usize) {
+                                    *slot = b;
+                                }
+                            }
+                            v
+                        }
+                        // Kernels without batch lookups: an entry a call.
+                        Err(_) => {
+                            maps.backends.iter().map(|b| b.unwrap_or(EMPTY_BACKEND)).collect()
+                        }
+                    };
                 &read_backends
             }
         };
         let len = t.backends.len().max(prev_backends.len()).min(limits.backends as usize);
-        let (mut ids, mut infos) = (Vec::new(), Vec::new());
+        let mut writes = Vec::new();
         for id in 0..len {
             let new = t.backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
             let old = prev_backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
             if new != old {
-                ids.push(id as u32);
-                infos.push(new);
+                writes.push((id as u32, new, old));
             }
         }
-        sys::update_batch(maps.backends_fd(), &ids, &infos)
-            .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?;
-        report.backends_written = ids.len();
+        write_backends(maps, &writes)?;
+        report.backends_written = writes.len();
 
         // Rings, then VIPs.
         // What each VIP had: from the last snapshot, or (after a restart) from the maps.
         let read_vips: HashMap<VipKey, VipInfo> = match &prev {
             Some(_) => HashMap::new(),
-            None => maps.vips.iter().filter_map(|r| r.ok()).collect(),
+            None => match sys::hash_entries::<VipKey, VipInfo>(maps.vips_fd(), 4096) {
+                Ok(entries) => entries.into_iter().collect(),
+                Err(_) => maps.vips.iter().filter_map(|r| r.ok()).collect(),
+            },
         };
         let prev_vip = |key: &VipKey| -> Option<ProgrammedVip> {
             match &prev {
@@ -114,6 +129,9 @@ impl Programmer {
                 None => read_vips.get(key).map(|info| (*info, None)),
             }
         };
+        if self.rings.is_none() {
+            self.rings = RingPool::adopt(maps, read_vips.values());
+        }
         let mut rings = Vec::new();
         for (key, vip) in &t.vips {
             let old = prev_vip(key);
@@ -121,20 +139,18 @@ impl Programmer {
                 info.vip_id == vip.info.vip_id
                     && ring.as_ref().is_some_and(|r| Arc::ptr_eq(r, &vip.ring))
             });
-            if same_ring {
-                continue;
+            if !same_ring {
+                rings.push(ring_write(vip));
             }
-            report.rings_written += 1;
-            self.write_ring(vip, &mut rings)?;
         }
-        let rings = new_rings(&rings)?;
-        swap_rings(maps, &rings)?;
-        self.rings.extend(rings);
+        report.rings_written = rings.len();
+        RingPool::write(&mut self.rings, maps, &rings)?;
         let (mut keys, mut infos) = (Vec::new(), Vec::new());
         for (key, vip) in &t.vips {
-            if prev_vip(key).map(|(info, _)| info) != Some(vip.info) {
+            let info = self.placed(vip);
+            if prev_vip(key).map(|(info, _)| info) != Some(info) {
                 keys.push(*key);
-                infos.push(vip.info);
+                infos.push(info);
             }
         }
         sys::update_batch(maps.vips_fd(), &keys, &infos)
@@ -204,9 +220,23 @@ impl Programmer {
                 .map_err(map_err(names::SOURCE_RANGES))?;
         }
 
+        if let Some(pool) = &mut self.rings {
+            let used: HashSet<u32> = t.vips.values().map(|v| v.info.vip_id).collect();
+            pool.release_unused(|id| used.contains(&id));
+        }
         self.range_count = ranges.len();
-        self.programmed = Some(t.clone());
+        let mut mirror = t.clone();
+        for vip in mirror.vips.values_mut() {
+            vip.info = self.placed(vip);
+        }
+        self.programmed = Some(mirror);
         Ok(report)
+    }
+
+    /// `vip`'s entry as the maps hold it: with where its ring is in the pool.
+    fn placed(&self, vip: &vipr_dataplane::tables::Vip) -> VipInfo {
+        let at = self.rings.as_ref().and_then(|p| p.offset(vip.info.vip_id));
+        VipInfo { ring_offset: at.unwrap_or(0), ..vip.info }
     }
 }
 
@@ -281,46 +311,45 @@ impl Programmer {
         let mut ids = ch.backends.clone();
         ids.sort_unstable();
         ids.dedup();
-        let mut infos = Vec::with_capacity(ids.len());
-        ids.retain(|&id| {
-            let new = t.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
-            let old = prev.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
-            if new != old {
-                infos.push(new);
-            }
-            new != old
-        });
-        sys::update_batch(maps.backends_fd(), &ids, &infos)
-            .map_err(|source| Error::Io { path: names::BACKENDS.into(), source })?;
-        report.backends_written = ids.len();
+        let writes: Vec<(u32, BackendInfo, BackendInfo)> = ids
+            .iter()
+            .map(|&id| {
+                let new = t.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
+                let old = prev.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
+                (id, new, old)
+            })
+            .filter(|(_, new, old)| new != old)
+            .collect();
+        write_backends(maps, &writes)?;
+        report.backends_written = writes.len();
         if prev.backends.len() < t.backends.len() {
             prev.backends.resize(t.backends.len(), EMPTY_BACKEND);
         }
-        for (&id, info) in ids.iter().zip(&infos) {
-            prev.backends[id as usize] = *info;
+        for &(id, info, _) in &writes {
+            prev.backends[id as usize] = info;
         }
 
         // Rings, then VIPs.
         let mut rings = Vec::new();
-        let (mut vip_keys, mut vip_infos) = (Vec::new(), Vec::new());
         for key in &ch.vips {
             let vip = &t.vips[key];
-            let old = prev.vips.get(key);
-            let same_ring = old.is_some_and(|o| {
+            let same_ring = prev.vips.get(key).is_some_and(|o| {
                 o.info.vip_id == vip.info.vip_id && Arc::ptr_eq(&o.ring, &vip.ring)
             });
             if !same_ring {
-                report.rings_written += 1;
-                self.write_ring(vip, &mut rings)?;
-            }
-            if old.map(|o| o.info) != Some(vip.info) {
-                vip_keys.push(*key);
-                vip_infos.push(vip.info);
+                rings.push(ring_write(vip));
             }
         }
-        let rings = new_rings(&rings)?;
-        swap_rings(maps, &rings)?;
-        self.rings.extend(rings);
+        report.rings_written = rings.len();
+        RingPool::write(&mut self.rings, maps, &rings)?;
+        let (mut vip_keys, mut vip_infos) = (Vec::new(), Vec::new());
+        for key in &ch.vips {
+            let info = self.placed(&t.vips[key]);
+            if prev.vips.get(key).map(|o| o.info) != Some(info) {
+                vip_keys.push(*key);
+                vip_infos.push(info);
+            }
+        }
         sys::update_batch(maps.vips_fd(), &vip_keys, &vip_infos)
             .map_err(|source| Error::Io { path: names::VIPS.into(), source })?;
         report.vips_written = vip_keys.len();
@@ -343,10 +372,19 @@ impl Programmer {
             report.next_hops_written = write_next_hops(maps, &next_hops(prev), hops)?;
             prev.next_hops = t.next_hops.clone();
         }
+        // A removed VIP's id that no changed VIP took over leaves the pool (no unchanged
+        // VIP can hold it: ids are unique, and it was the removed one's).
+        let taken: HashSet<u32> = ch.vips.iter().map(|k| t.vips[k].info.vip_id).collect();
         for key in &ch.removed {
-            if prev.vips.contains_key(key) && !t.vips.contains_key(key) {
+            if t.vips.contains_key(key) {
+                continue;
+            }
+            if let Some(old) = prev.vips.get(key) {
                 maps.vips.remove(key).map_err(map_err(names::VIPS))?;
                 report.vips_removed += 1;
+                if let (Some(pool), false) = (&mut self.rings, taken.contains(&old.info.vip_id)) {
+                    pool.release(old.info.vip_id);
+                }
             }
         }
         for a in &addrs {
@@ -364,7 +402,10 @@ impl Programmer {
         // The mirror now matches the maps.
         for key in &keys {
             match t.vips.get(key) {
-                Some(v) => prev.vips.insert(*key, v.clone()),
+                Some(v) => {
+                    let info = self.placed(v);
+                    prev.vips.insert(*key, vipr_dataplane::tables::Vip { info, ..v.clone() })
+                }
                 None => prev.vips.remove(key),
             };
         }
@@ -376,35 +417,18 @@ impl Programmer {
         }
         Ok(report)
     }
-
-    /// Rewrites `vip`'s ring in place when the inner map this programmer made for its
-    /// id has room, else queues it for a new inner map (`new_rings`).
-    fn write_ring(
-        &mut self,
-        vip: &vipr_dataplane::tables::Vip,
-        new: &mut Vec<NewRing>,
-    ) -> Result<()> {
-        let id = vip.info.vip_id;
-        match self.rings.get_mut(&id) {
-            Some(r) if r.capacity as usize >= vip.ring.len() => r.write(id, &vip.ring),
-            _ => {
-                let capacity = ring_capacity(vip.ring.len(), vip.spec.ring_max);
-                new.push((id, vip.ring.clone(), capacity));
-                Ok(())
-            }
-        }
-    }
 }
 
-/// A ring that needs an inner map of its own: VIP id, ring, capacity.
-type NewRing = (u32, Arc<[u32]>, u32);
-
-/// Makes and fills the inner maps of `jobs`. (One thread: map creations contend in the
-/// kernel, and two threads were slower than one.)
-fn new_rings(jobs: &[NewRing]) -> Result<Vec<(u32, InnerRing)>> {
-    jobs.iter()
-        .map(|(id, ring, capacity)| InnerRing::new(*id, ring, *capacity).map(|r| (*id, r)))
-        .collect()
+/// `vip`'s ring to write, with the region it gets if it needs a new one: a quarter of
+/// headroom, so a VIP that gains a backend or two is rewritten in place.
+fn ring_write(vip: &vipr_dataplane::tables::Vip) -> RingWrite<'_> {
+    let len = vip.ring.len();
+    let most = vip.spec.ring_max as usize + RING_HEADER_SLOTS as usize;
+    RingWrite {
+        vip_id: vip.info.vip_id,
+        ring: &vip.ring,
+        capacity: (len + len / 4).min(most).max(len),
+    }
 }
 
 /// Writes the next hops of `hops` that `prev` lacks or holds otherwise, and removes the
@@ -429,74 +453,47 @@ fn write_next_hops(
     Ok(written)
 }
 
+/// Below this many new entries, one batch syscall is as cheap as a mapping.
+const MAPPED_BACKENDS: usize = 256;
+
+/// Writes backend entries `(id, new, old)`. Many entries that were empty go through a
+/// mapping of the array: every field but `family` first, then `family`, which marks an
+/// entry present (the program ignores an entry of family 0), so no packet uses a
+/// half-written one. Changed and cleared entries, which packets may be reading, go in
+/// one batch syscall (each entry replaced whole).
+fn write_backends(maps: &Maps, writes: &[(u32, BackendInfo, BackendInfo)]) -> Result<()> {
+    let io = |source| Error::Io { path: names::BACKENDS.into(), source };
+    let (fresh, other): (Vec<_>, Vec<_>) =
+        writes.iter().partition(|(_, new, old)| old.family == 0 && new.family != 0);
+    let (fresh, other) = if fresh.len() >= MAPPED_BACKENDS {
+        (fresh, other)
+    } else {
+        (vec![], writes.iter().collect())
+    };
+    if let (Some(first), Some(last)) =
+        (fresh.iter().map(|w| w.0).min(), fresh.iter().map(|w| w.0).max())
+    {
+        let size = size_of::<BackendInfo>();
+        let start = first as usize * size;
+        let mut window =
+            sys::MapWindow::map(maps.backends_fd(), start, (last - first + 1) as usize * size)
+                .map_err(io)?;
+        for &&(id, new, _) in &fresh {
+            window.write(id as usize * size, BackendInfo { family: 0, ..new });
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let family = std::mem::offset_of!(BackendInfo, family);
+        for &&(id, new, _) in &fresh {
+            window.write(id as usize * size + family, new.family);
+        }
+    }
+    let ids: Vec<u32> = other.iter().map(|w| w.0).collect();
+    let infos: Vec<BackendInfo> = other.iter().map(|w| w.1).collect();
+    sys::update_batch(maps.backends_fd(), &ids, &infos).map_err(io)
+}
+
 const EMPTY_BACKEND: BackendInfo =
     BackendInfo { addr: [0; 16], port: 0, family: 0, flags: 0, vip_id: 0 };
-
-/// An inner ring map this programmer made, and how many slots it has room for.
-struct InnerRing {
-    fd: OwnedFd,
-    capacity: u32,
-}
-
-/// Slots for a ring of `len` (header included): a quarter more, so a VIP that gains a
-/// backend or two is rewritten in place rather than swapped (see `InnerRing::write`).
-fn ring_capacity(len: usize, ring_max: u32) -> u32 {
-    let most = ring_max as usize + RING_HEADER_SLOTS as usize;
-    (len + len / 4).min(most).max(len) as u32
-}
-
-impl InnerRing {
-    /// A new inner map of `capacity` slots holding `ring`, not yet visible to packets.
-    fn new(vip_id: u32, ring: &[u32], capacity: u32) -> Result<Self> {
-        let fd = sys::create_u32_array("vipr_ring", capacity, names::RING_MAP_FLAGS)
-            .map_err(|source| Error::Ring { vip_id, source })?;
-        let r = InnerRing { fd, capacity };
-        r.write(vip_id, ring)?;
-        Ok(r)
-    }
-
-    /// Writes `ring` through a mapping of the map's memory (mapped only meanwhile, so
-    /// the rings do not count against the agent's RSS): the slots first, the header
-    /// (M) last. On a live ring, a packet meanwhile reads each slot old or new, which is
-    /// the same as the update landing a moment earlier or later for its flow; every slot
-    /// always holds a backend of the old or the new set, and a larger M is only
-    /// published once its slots are written. Unlike a swap in the outer array of maps,
-    /// this waits for no RCU grace period: one change costs microseconds, not
-    /// milliseconds (Katran updates its rings in place too).
-    fn write(&self, vip_id: u32, ring: &[u32]) -> Result<()> {
-        let mut memory = sys::U32ArrayMemory::map(self.fd.as_fd(), self.capacity)
-            .map_err(|source| Error::Ring { vip_id, source })?;
-        memory.write_ring(ring, RING_HEADER_SLOTS as usize);
-        Ok(())
-    }
-
-    /// Kernel memory of the map's values: 8 bytes a slot (the array stride), whole pages.
-    fn bytes(&self) -> usize {
-        (self.capacity as usize * 8).div_ceil(4096) * 4096
-    }
-}
-
-/// Swaps new rings into their VIPs' `RINGS` slots: a packet sees a VIP's old ring or its
-/// new one, never half of one. Every update of an array of maps waits for running
-/// programs to finish (an RCU grace period, milliseconds); one batch update waits once
-/// for all of them, which turns a cold start of 10k rings from minutes into a moment.
-fn swap_rings(maps: &mut Maps, rings: &[(u32, InnerRing)]) -> Result<()> {
-    if rings.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<u32> = rings.iter().map(|(id, _)| *id).collect();
-    let fds: Vec<u32> = rings.iter().map(|(_, r)| r.fd.as_raw_fd() as u32).collect();
-    if sys::update_u32_batch(maps.rings_fd(), &keys, &fds).is_ok() {
-        return Ok(());
-    }
-    // Kernels without batch updates of arrays of maps: one entry at a time.
-    for (vip_id, ring) in rings {
-        let dup = ring.fd.try_clone().map_err(|source| Error::Ring { vip_id: *vip_id, source })?;
-        let inner = MapData::from_fd(dup).map_err(map_err(names::RINGS))?;
-        maps.rings.set(*vip_id, &inner, 0).map_err(map_err(names::RINGS))?;
-    }
-    Ok(())
-}
 
 /// Every VIP's allowed source ranges as LPM keys. Ranges of the other family than the
 /// VIP's can never match its packets, and are left out (the userspace pipeline checks

@@ -50,13 +50,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// A new array map of `entries` u32s with `flags`, named `name` (at most 15 bytes).
-pub fn create_u32_array(name: &str, entries: u32, flags: u32) -> io::Result<OwnedFd> {
+/// A new ring pool of `slots` u32 ring slots (rounded up to even: the map's values are
+/// `u64`s of two slots each) with `flags`, named `name` (at most 15 bytes).
+pub fn create_ring_pool(name: &str, slots: u32, flags: u32) -> io::Result<OwnedFd> {
     let mut attr = MapCreateAttr {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
-        value_size: 4,
-        max_entries: entries,
+        value_size: 8,
+        max_entries: slots.div_ceil(2),
         map_flags: flags,
         ..Default::default()
     };
@@ -103,7 +104,8 @@ pub fn update_batch<K: Copy, V: Copy>(
     Ok(())
 }
 
-/// Every entry of a hash map, read `chunk` entries a call with `BPF_MAP_LOOKUP_BATCH`
+/// Every entry of a hash map (or an array: its token is a key too), read `chunk`
+/// entries a call with `BPF_MAP_LOOKUP_BATCH`
 /// (two syscalls an entry with get-next-key and lookup; a million-flow conntrack is
 /// seconds that way, a few hundred milliseconds this way). A snapshot: the map keeps
 /// changing meanwhile, and an entry may be missed or seen twice at a bucket's edge.
@@ -151,28 +153,94 @@ pub fn hash_entries<K: Copy, V: Copy>(
     }
 }
 
-/// The memory of a `BPF_F_MMAPABLE` u32 array map, mapped shared: what is written here
-/// is what programs read. The kernel lays array values out 8 bytes apart (each rounded up
-/// to 8), so slot `i` is at byte `8 * i`.
-pub struct U32ArrayMemory {
-    ptr: std::ptr::NonNull<u32>,
-    entries: usize,
+/// The memory of an mmapable array map from byte `start` for `len` bytes, mapped shared
+/// (only the pages it spans).
+pub struct MapWindow {
+    base: std::ptr::NonNull<u8>,
+    mapped: usize,
+    /// Byte offset in the map's values of `base`.
+    base_byte: usize,
+}
+
+// SAFETY: plain shared memory owned by this value.
+unsafe impl Send for MapWindow {}
+unsafe impl Sync for MapWindow {}
+
+impl MapWindow {
+    pub fn map(map: BorrowedFd<'_>, start: usize, len: usize) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let first = start / page * page;
+        let mapped = (start + len).div_ceil(page) * page - first;
+        // SAFETY: a new shared mapping of the map's fd at a page-aligned offset; the
+        // kernel checks the range against the map and that it is mmapable.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                first as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null");
+        Ok(MapWindow { base, mapped, base_byte: first })
+    }
+
+    /// The address of byte `at` of the map's values; inside the mapping.
+    fn at(&self, at: usize) -> *mut u8 {
+        assert!(at >= self.base_byte && at < self.base_byte + self.mapped, "byte {at} unmapped");
+        self.base.as_ptr().wrapping_add(at - self.base_byte)
+    }
+
+    /// Writes `value` at byte `at` with volatile stores, `T`'s whole size inside the
+    /// mapping.
+    pub fn write<T: Copy>(&mut self, at: usize, value: T) {
+        let _ = self.at(at + size_of::<T>() - 1);
+        // SAFETY: inside the mapping (checked); unaligned writes are fine for a *u8 base.
+        unsafe { self.at(at).cast::<T>().write_volatile(value) };
+    }
+}
+
+impl Drop for MapWindow {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
+    }
+}
+
+/// A window onto a ring pool's memory (a `BPF_F_MMAPABLE` array of `u64`s, read as
+/// dense `u32` slots), mapped shared: what is written here is what programs read. Only
+/// the pages of the window are mapped, so writing one ring maps a few pages, not the
+/// pool.
+pub struct PoolMemory {
+    /// The start of the mapping (a page boundary at or below slot `first`).
+    base: std::ptr::NonNull<u32>,
     len: usize,
+    /// The first slot of the window and the slot at `base`.
+    first: usize,
+    base_slot: usize,
+    end: usize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; writes go through
 // `&mut self`.
-unsafe impl Send for U32ArrayMemory {}
-unsafe impl Sync for U32ArrayMemory {}
+unsafe impl Send for PoolMemory {}
+unsafe impl Sync for PoolMemory {}
 
-impl U32ArrayMemory {
-    /// Maps the `entries` slots of the mmapable u32 array `map`.
-    pub fn map(map: BorrowedFd<'_>, entries: u32) -> io::Result<Self> {
+impl PoolMemory {
+    /// Maps slots `first..first + count` of the pool `map`.
+    pub fn map(map: BorrowedFd<'_>, first: usize, count: usize) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (entries as usize * ARRAY_STRIDE).div_ceil(page) * page;
-        // SAFETY: a new shared mapping of the map's fd; the kernel checks the length
-        // and that the map is mmapable.
+        let start = first * 4 / page * page;
+        let len = ((first + count) * 4).div_ceil(page) * page - start;
+        // SAFETY: a new shared mapping of the map's fd at a page-aligned offset; the
+        // kernel checks the range against the map and that it is mmapable.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -180,53 +248,64 @@ impl U32ArrayMemory {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.as_raw_fd(),
-                0,
+                start as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null");
-        Ok(U32ArrayMemory { ptr, entries: entries as usize, len })
+        let base = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null");
+        Ok(PoolMemory { base, len, first, base_slot: start / 4, end: first + count })
     }
 
-    /// Writes `ring` from slot `header` on, then slots `0..header` (the header, M), so a
-    /// program that reads M finds its slots written. Each slot is one aligned 32-bit
-    /// store, which programs read whole.
-    pub fn write_ring(&mut self, ring: &[u32], header: usize) {
+    /// Writes `ring` at slot `at`, slot `header` on first, then slots `0..header` (the
+    /// header, M), so a program that reads M finds its slots written. Each slot is one
+    /// aligned 32-bit store, and programs read whole slots.
+    pub fn write_ring(&mut self, at: usize, ring: &[u32], header: usize) {
         assert!(
-            ring.len() <= self.entries,
-            "a ring of {} slots in a map of {}",
+            at >= self.first && at + ring.len() <= self.end,
+            "a ring of {} slots at {at}, outside the window {}..{}",
             ring.len(),
-            self.entries
+            self.first,
+            self.end
         );
         for (i, v) in ring.iter().enumerate().skip(header) {
-            // SAFETY: i < entries, inside the mapping; a volatile store so it is not elided.
-            unsafe { self.slot(i).write_volatile(*v) };
+            // SAFETY: inside the window, checked above; volatile so it is not elided.
+            unsafe { self.slot(at + i).write_volatile(*v) };
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         for (i, v) in ring.iter().enumerate().take(header) {
             // SAFETY: as above.
-            unsafe { self.slot(i).write_volatile(*v) };
+            unsafe { self.slot(at + i).write_volatile(*v) };
         }
     }
-}
 
-impl U32ArrayMemory {
-    /// Slot `i` of the mapping; `i < entries`.
+    /// Slot `i`, inside the window.
+    pub fn read(&self, i: usize) -> u32 {
+        assert!(i >= self.first && i < self.end, "slot {i} outside the window");
+        // SAFETY: inside the window, checked above.
+        unsafe { self.slot(i).read_volatile() }
+    }
+
+    /// Copies the window's slots into `other`'s window at the same slots (a pool grown
+    /// into a larger one keeps every ring where it was).
+    pub fn copy_to(&self, other: &mut PoolMemory) {
+        assert!(other.first <= self.first && other.end >= self.end, "windows do not line up");
+        for i in self.first..self.end {
+            // SAFETY: both inside their windows, checked above.
+            unsafe { other.slot(i).write_volatile(self.slot(i).read_volatile()) };
+        }
+    }
+
     fn slot(&self, i: usize) -> *mut u32 {
-        debug_assert!(i < self.entries);
-        // SAFETY (of the callers' use): i < entries keeps 8 * i inside the mapping.
-        self.ptr.as_ptr().wrapping_add(i * ARRAY_STRIDE / 4)
+        debug_assert!(i >= self.first && i < self.end);
+        self.base.as_ptr().wrapping_add(i - self.base_slot)
     }
 }
 
-/// Bytes between two values of a BPF array map (`round_up(value_size, 8)`).
-const ARRAY_STRIDE: usize = 8;
-
-impl Drop for U32ArrayMemory {
+impl Drop for PoolMemory {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }

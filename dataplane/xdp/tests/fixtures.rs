@@ -39,6 +39,7 @@ impl Dataplane for KernelXdp {
             conntrack_flows: conntrack_capacity as u32,
             source_ranges: 64,
             next_hops: 64,
+            ring_slots: 1 << 16,
         };
         // A new conntrack size needs a new map; otherwise the loaded program is reused
         // with its maps emptied, which also exercises the programmer's adopt path.

@@ -1,8 +1,8 @@
-//! The programmer against real BPF maps (and the batched conntrack read): a ring that fits its inner map is rewritten in
-//! place (the same kernel map, no swap), one that outgrows it is swapped for a larger
-//! map, and either way the kernel holds exactly the compiled ring. Needs root.
+//! The programmer against real BPF maps (and the batched conntrack read): a ring that
+//! fits its region of the ring pool is rewritten in place, one that outgrows it moves,
+//! and either way the kernel holds exactly the compiled ring; a run of random changes
+//! leaves every map as the tables say. Needs root.
 
-use aya::maps::{Array, Map, MapData};
 use vipr_abi::{VipKey, PROTO_TCP};
 use vipr_dataplane::tables::{BackendSpec, Compiler, DesiredState, Tables, VipSpec};
 use vipr_xdp::{Limits, Programmer, Xdp};
@@ -28,19 +28,15 @@ fn state(backends: usize) -> DesiredState {
     DesiredState { vips: vec![vip], ..Default::default() }
 }
 
-/// The id of the kernel map in the VIP's `RINGS` slot, and what it holds.
+/// Where the VIP's ring starts in the kernel's ring pool, and what it holds there.
 fn ring_in_kernel(xdp: &Xdp, tables: &Tables) -> (u32, Vec<u32>) {
     let vip = tables.vips.values().next().unwrap();
-    let inner: MapData = xdp.maps.rings.get(&vip.info.vip_id, 0).unwrap();
-    let id = inner.info().unwrap().id();
-    let ring: Array<MapData, u32> = Array::try_from(Map::Array(inner)).unwrap();
-    let m = ring.get(&0, 0).unwrap();
-    let slots = (0..=m).map(|i| ring.get(&i, 0).unwrap()).collect();
-    (id, slots)
+    let info = xdp.maps.vips.get(&vip.key, 0).unwrap();
+    (info.ring_offset, xdp.maps.ring(&info).expect("the pool holds the ring"))
 }
 
 #[test]
-fn a_ring_that_fits_is_rewritten_in_place_and_one_that_outgrows_its_map_is_swapped() {
+fn a_ring_that_fits_is_rewritten_in_place_and_one_that_outgrows_its_region_moves() {
     assert!(
         std::fs::read_to_string("/proc/self/status")
             .unwrap()
@@ -69,8 +65,8 @@ fn a_ring_that_fits_is_rewritten_in_place_and_one_that_outgrows_its_map_is_swapp
     assert_eq!(program(&mut xdp, 11), first, "rewritten in place");
     // Back down: a smaller M in the same map.
     assert_eq!(program(&mut xdp, 9), first, "rewritten in place");
-    // 20 backends need M = 2003: more than the map holds, so a new one is swapped in.
-    assert_ne!(program(&mut xdp, 20), first, "a larger map");
+    // 20 backends need M = 2003: more than the region holds, so the ring moves.
+    assert_ne!(program(&mut xdp, 20), first, "a larger region");
 }
 
 #[test]
@@ -158,11 +154,9 @@ fn assert_maps_hold(xdp: &Xdp, t: &Tables, rings: &[VipKey], step: usize) {
         .collect();
     assert_eq!(ranges, want, "step {step}: source ranges");
     for vip in rings.iter().filter_map(|k| t.vips.get(k)) {
-        let inner: MapData = xdp.maps.rings.get(&vip.info.vip_id, 0).unwrap();
-        let ring: Array<MapData, u32> = Array::try_from(Map::Array(inner)).unwrap();
-        let m = ring.get(&0, 0).unwrap();
-        let slots: Vec<u32> = (0..=m).map(|i| ring.get(&i, 0).unwrap()).collect();
-        assert_eq!(slots, vip.ring.to_vec(), "step {step}: ring of {:?}", vip.key);
+        let info = xdp.maps.vips.get(&vip.key, 0).unwrap();
+        let ring = xdp.maps.ring(&info).expect("the pool holds the ring");
+        assert_eq!(ring, vip.ring.to_vec(), "step {step}: ring of {:?}", vip.key);
     }
 }
 
@@ -220,4 +214,78 @@ fn applying_only_the_changes_leaves_the_maps_as_the_tables_say() {
     }
     let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
     assert_maps_hold(&xdp, compiler.tables(), &all, 200);
+}
+
+#[test]
+fn a_full_ring_pool_grows_and_every_ring_keeps_its_place() {
+    // A first pool of 64Ki slots.
+    let limits = Limits {
+        vips: 256,
+        backends: 4096,
+        conntrack_flows: 1024,
+        ring_slots: 1 << 16,
+        ..Limits::default()
+    };
+    let mut xdp = Xdp::load(limits, None).unwrap();
+    let mut compiler = Compiler::default();
+    let mut programmer = Programmer::new();
+    let vip = |port: u16| {
+        let mut s = state(10).vips.remove(0);
+        s.port = port;
+        s
+    };
+    let first: Vec<VipSpec> = (0..10).map(|p| vip(1000 + p)).collect();
+    let ch = compiler.sync(&DesiredState { vips: first, ..Default::default() }).unwrap();
+    programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    let small = programmer.ring_bytes();
+    let offsets = |xdp: &Xdp, t: &Tables| -> Vec<(VipKey, u32)> {
+        let mut o: Vec<_> =
+            t.vips.keys().map(|k| (*k, xdp.maps.vips.get(k, 0).unwrap().ring_offset)).collect();
+        o.sort();
+        o
+    };
+    let before = offsets(&xdp, compiler.tables());
+    // 100 more rings of M = 1009: far more than the first pool's room.
+    let more: Vec<VipSpec> = (10..110).map(|p| vip(1000 + p)).collect();
+    let ch = compiler.update(&more, &[]).unwrap();
+    programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    assert!(programmer.ring_bytes() > small, "the pool grew");
+    let after = offsets(&xdp, compiler.tables());
+    for (key, at) in &before {
+        assert!(after.contains(&(*key, *at)), "{key:?} kept its offset {at}");
+    }
+    let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
+    assert_maps_hold(&xdp, compiler.tables(), &all, 0);
+}
+
+#[test]
+fn a_restarted_programmer_finds_the_rings_where_they_are_and_rewrites_them_in_place() {
+    let limits = Limits { vips: 256, backends: 4096, conntrack_flows: 1024, ..Limits::default() };
+    let mut xdp = Xdp::load(limits, None).unwrap();
+    let vips: Vec<VipSpec> = (0..20u16)
+        .map(|p| {
+            let mut s = state(3 + usize::from(p % 5)).vips.remove(0);
+            s.port = 2000 + p;
+            s
+        })
+        .collect();
+    let desired = DesiredState { vips, ..Default::default() };
+    let mut compiler = Compiler::default();
+    let ch = compiler.sync(&desired).unwrap();
+    Programmer::new().apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    let offsets = |xdp: &Xdp| -> Vec<u32> {
+        let mut o: Vec<u32> = xdp.maps.vips.iter().map(|r| r.unwrap().1.ring_offset).collect();
+        o.sort();
+        o
+    };
+    let before = offsets(&xdp);
+    // A new agent: its programmer knows nothing and reads the maps back.
+    let mut compiler = Compiler::default();
+    let ch = compiler.sync(&desired).unwrap();
+    let report =
+        Programmer::new().apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    assert_eq!(report.rings_written, 20, "every ring is written again");
+    assert_eq!(offsets(&xdp), before, "each where it was");
+    let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
+    assert_maps_hold(&xdp, compiler.tables(), &all, 0);
 }
