@@ -133,6 +133,7 @@ struct Cold {
     program: Duration,
     vipr_rss: usize,
     ring_bytes: usize,
+    ring_pool_bytes: usize,
     render: Duration,
     restore: Duration,
     restore_rss: usize,
@@ -148,7 +149,7 @@ impl Cold {
     }
 }
 
-/// Services, EndpointSlices and Nodes as a reflector's stores hand them out.
+/// Services, EndpointSlices and Nodes as the watchers hand them to the translator.
 type Objects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Node>>);
 
 /// `n` Services programmed both ways, ready for changes.
@@ -156,7 +157,7 @@ struct World {
     n: usize,
     inputs: Inputs,
     kp: Vec<kube_proxy::Service>,
-    /// The objects as a reflector's stores hold them, for the incremental translator.
+    /// The objects as the watchers hand them over, for the incremental translator.
     objects: Objects,
     translator: Translator,
     xdp: Xdp,
@@ -175,7 +176,7 @@ impl World {
         let objects_rss = rss_bytes().saturating_sub(rss0);
 
         // The maps exist (the agent has loaded its program) and are empty. The objects
-        // arrive as a reflector's first list: one relist of each kind.
+        // arrive as the watchers' first lists: one relist of each kind.
         let mut xdp = Xdp::load(limits(), None)?;
         let objects = (
             inputs.services.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
@@ -221,7 +222,7 @@ impl World {
             written.rings_written
         );
         ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
-        let ring_bytes = programmer.ring_bytes();
+        let (ring_bytes, ring_pool_bytes) = (programmer.ring_bytes(), programmer.ring_pool_bytes());
 
         let start = Instant::now();
         let rules = kube_proxy::iptables_restore(&kp);
@@ -246,6 +247,7 @@ impl World {
             program,
             vipr_rss,
             ring_bytes,
+            ring_pool_bytes,
             render,
             restore,
             restore_rss,
@@ -584,15 +586,17 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         s,
         "Goal: at least 100x faster: **{}** ({:.0}x). Memory: the objects took {:.0} MiB of RSS; \
          translating, compiling and programming them grew this process's RSS by {:.0} MiB more \
-         (desired state, compiled tables, the programmer's copy of what is programmed); the ring \
-         pool holds {:.0} MiB in the kernel (4 bytes a slot, a quarter of headroom a ring so \
-         one that grows a little is rewritten in place, an eighth of the pool free). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel \
-         memory not counted).\n",
+         (desired state, compiled tables, the programmer's copy of what is programmed); the rings \
+         take {:.0} MiB of the kernel's ring pool of {:.0} MiB (made with the maps at load; 4 \
+         bytes a slot, a quarter of headroom a ring so one that grows a little is rewritten in \
+         place). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel memory not \
+         counted).\n",
         if ms(c.kube_proxy()) / ms(c.vipr()) >= 100.0 { "met" } else { "not met" },
         ms(c.kube_proxy()) / ms(c.vipr()),
         mib(c.objects_rss),
         mib(c.vipr_rss),
         mib(c.ring_bytes),
+        mib(c.ring_pool_bytes),
         mib(c.restore_rss),
     );
 

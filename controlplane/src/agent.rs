@@ -245,8 +245,18 @@ impl Agent {
                     "kubernetes: {} is also in the config or manifests, which keep it",
                     vip_name(key)
                 );
-            } else if self.rejected.contains(key) {
-                // Refused before: what the tables hold for it stays.
+                continue;
+            }
+            if !self.rejected.contains(key) {
+                if let Err(e) = vipr_dataplane::tables::check_vip(vip) {
+                    // The compiler would refuse it alone: it keeps only itself out.
+                    let name = vip_name(key);
+                    tracing::error!("kubernetes: {name} is not served as the cluster says: {e}");
+                    self.rejected.insert(*key);
+                }
+            }
+            if self.rejected.contains(key) {
+                // Refused: what the tables hold for it stays.
                 let held = self.compiler.tables().vips.get(key);
                 desired.vips.extend(held.map(|v| (*v.spec).clone()));
             } else {
@@ -254,10 +264,11 @@ impl Agent {
             }
         }
         let changes = self.compiler.sync(&desired).context("compiling the tables")?;
-        let report = self.program_changes(changes)?;
+        // The compiler holds it all now; a dataplane failure below is retried on the tick.
         self.programmed = true;
         self.base = Some(base);
         self.base_keys = base_keys;
+        let report = self.program_changes(changes)?;
         let cluster_pending = cfg.kubernetes.is_some() && self.cluster.is_none();
         self.shared.ready.store(!cluster_pending, Ordering::Relaxed);
         Ok(report)
@@ -284,9 +295,13 @@ impl Agent {
     /// Work that waits for the next tick: a dataplane that failed to take a change is
     /// programmed again; neighbours whose route was missing are looked up again.
     fn tick(&mut self) {
-        if self.retry && self.programmed {
+        if self.retry {
             match self.program_changes(TablesChanges::default()) {
-                Ok(_) => tracing::info!("the dataplane took the tables on a retry"),
+                Ok(_) => {
+                    tracing::info!("the dataplane took the tables on a retry");
+                    let cluster_pending = self.cfg.kubernetes.is_some() && self.cluster.is_none();
+                    self.shared.ready.store(!cluster_pending, Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!("programming the dataplane failed again: {e:#}"),
             }
         }

@@ -71,6 +71,9 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const RING_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 /// The ring pool's slot in `RINGS`.
 pub const RING_POOL: u32 = 0;
+/// The ring pool's own pin, next to the maps' (a restarted agent opens it by path: an
+/// inner map's fd by id needs CAP_SYS_ADMIN).
+pub const RING_POOL_PIN: &str = "RING_POOL";
 /// `BPF_F_NO_PREALLOC`, which LPM tries require.
 pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 

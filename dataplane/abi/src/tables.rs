@@ -21,8 +21,8 @@ pub const MAX_BACKENDS: u32 = 1 << 20;
 pub const DEFAULT_RING_MAX: u32 = 65_537;
 /// Hard cap of a ring size: the largest prime below 2^20.
 pub const RING_SIZE_LIMIT: u32 = 1_048_573;
-/// A ring is stored as `[M, slot 0, .., slot M-1]`: the size travels with the slots, so
-/// flipping one pointer (an inner map, an `Arc`) swaps both at once.
+/// A ring is stored as `[M, slot 0, .., slot M-1]`: the size travels with the slots (an
+/// `Arc` swaps both at once; the kernel's ring pool publishes M after the slots).
 pub const RING_HEADER_SLOTS: u32 = 1;
 /// Ring slot value that means "no backend" (a VIP whose backends are all gone).
 pub const NO_BACKEND: u32 = u32::MAX;

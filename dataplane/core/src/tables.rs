@@ -635,26 +635,33 @@ fn build_rings(jobs: &[(&[WeightedBackend], u32)]) -> Vec<Arc<[u32]>> {
     })
 }
 
-/// Refuses a VIP listed twice, a backend or SNAT address of the other family.
+/// Refuses a VIP listed twice, and any VIP [`check_vip`] refuses.
 fn check_unique<'a>(vips: impl Iterator<Item = &'a VipSpec>) -> Result<(), CompileError> {
     let mut seen = hashbrown::HashSet::new();
     for v in vips {
         if !seen.insert(v.key()) {
             return Err(CompileError::DuplicateVip { addr: v.addr, port: v.port, proto: v.proto });
         }
-        let vip = || format!("{}:{}", v.addr, v.port);
-        for b in &v.backends {
-            if b.addr.is_ipv4() != v.addr.is_ipv4() {
-                return Err(CompileError::FamilyMismatch {
-                    vip: vip(),
-                    backend: format!("{}:{}", b.addr, b.port),
-                });
-            }
+        check_vip(v)?;
+    }
+    Ok(())
+}
+
+/// What the compiler refuses of a VIP on its own: a backend or SNAT address of the
+/// other family.
+pub fn check_vip(v: &VipSpec) -> Result<(), CompileError> {
+    let vip = || format!("{}:{}", v.addr, v.port);
+    for b in &v.backends {
+        if b.addr.is_ipv4() != v.addr.is_ipv4() {
+            return Err(CompileError::FamilyMismatch {
+                vip: vip(),
+                backend: format!("{}:{}", b.addr, b.port),
+            });
         }
-        if let Some(s) = v.snat_addr {
-            if s.is_ipv4() != v.addr.is_ipv4() {
-                return Err(CompileError::SnatFamilyMismatch { vip: vip(), snat: s });
-            }
+    }
+    if let Some(s) = v.snat_addr {
+        if s.is_ipv4() != v.addr.is_ipv4() {
+            return Err(CompileError::SnatFamilyMismatch { vip: vip(), snat: s });
         }
     }
     Ok(())

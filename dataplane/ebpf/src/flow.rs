@@ -227,7 +227,10 @@ fn new_flow(run: &Run, ip: &Ip, entry: &mut FlowEntry) -> Result<(), u32> {
     let now = run.now;
     let vip_id = vip.vip_id;
     let backend_id = choose_backend(run, vip, ip);
-    let Some(backend) = BACKENDS.get(backend_id).filter(|b| b.family != 0) else {
+    // A backend of another VIP (a slot read while its ring moved or shrank) is no better
+    // than none.
+    let Some(backend) = BACKENDS.get(backend_id).filter(|b| b.family != 0 && b.vip_id == vip_id)
+    else {
         return Err(drop::NO_BACKEND);
     };
 
@@ -347,14 +350,14 @@ fn usable(backend_id: u32, vip_id: u32) -> bool {
 }
 
 /// The backend id in the slot of the VIP's ring that `hash` maps to; `NO_BACKEND` when
-/// the ring is empty or not programmed.
+/// the ring is empty or its region holds no ring (M = 0).
 #[inline(always)]
 fn ring_slot(vip: &VipInfo, hash: u32) -> u32 {
     let Some(pool) = RINGS.get(RING_POOL) else {
         return NO_BACKEND;
     };
     let start = vip.ring_offset;
-    let Some(size) = pool_slot(pool, start) else {
+    let Some(size) = pool_slot(pool, start).filter(|&m| m != 0) else {
         return NO_BACKEND;
     };
     let at = start.wrapping_add(RING_HEADER_SLOTS).wrapping_add(ring_index(hash, size));

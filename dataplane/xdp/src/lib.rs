@@ -81,6 +81,11 @@ pub enum Error {
     },
     #[error("the tables need {needed} {what} entries; the {map} map holds {limit} (raise the limit in the config)")]
     TooSmall { what: &'static str, map: &'static str, needed: usize, limit: u32 },
+    #[error(
+        "the maps pinned at {dir} are of an older vipr's layout, which this one cannot read; \
+         `vipr stop` removes them (forwarding stops until the next `vipr run`)"
+    )]
+    OldPins { dir: PathBuf },
     #[error("BPF_PROG_TEST_RUN: {source}")]
     TestRun {
         #[source]

@@ -71,8 +71,8 @@ impl Default for Limits {
             conntrack_flows: names::DEFAULT_CONNTRACK_FLOWS,
             source_ranges: names::MAX_SOURCE_RANGES,
             next_hops: names::MAX_NEXT_HOPS,
-            // 16 MiB: 3000-odd VIPs of 10 backends.
-            ring_slots: 1 << 22,
+            // 4 MiB: some 800 VIPs of 10 backends; a larger pool comes when needed.
+            ring_slots: 1 << 20,
         }
     }
 }
@@ -130,7 +130,13 @@ impl Xdp {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let pinned_before = pin_dir.is_some_and(|d| d.join(names::VIPS).exists());
+        // Any pin left means maps that may hold something (even a half-removed set).
+        let pinned_before = pin_dir.is_some_and(|d| {
+            names::ALL.iter().chain([&names::RING_POOL_PIN]).any(|n| d.join(n).exists())
+        });
+        if let Some(dir) = pin_dir {
+            check_pinned_layout(dir)?;
+        }
         let mut ebpf = loader.load(OBJECT).map_err(|source| Error::Load { source })?;
         for name in [names::PROG_LB, names::PROG_PASS] {
             let prog = xdp_program(&mut ebpf, name)?;
@@ -138,6 +144,7 @@ impl Xdp {
         }
         let mut maps = Maps::take(&mut ebpf)?;
         maps.fresh = !pinned_before;
+        maps.pool_pin = pin_dir.map(|d| d.join(names::RING_POOL_PIN));
         crate::ring_pool::install(&mut maps, limits.ring_slots)?;
         Ok(Xdp { ebpf, maps, limits, pin_dir: pin_dir.map(Path::to_path_buf) })
     }
@@ -262,6 +269,20 @@ pub(crate) fn verifier_error(program: &'static str, source: aya::programs::Progr
 
 /// Detaches and forgets an instance: unpins its links (the attachments end when no
 /// process holds them any more) and its maps.
+/// Refuses pins of an older map layout (rings as one inner map per VIP, a backend array
+/// that cannot be mapped): the program would misread them. They must be removed, which
+/// stops forwarding until the next `vipr run`.
+fn check_pinned_layout(dir: &Path) -> Result<()> {
+    let info = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name)).ok();
+    let rings_ok = info(names::RINGS).is_none_or(|i| i.max_entries() == 1);
+    let backends_ok =
+        info(names::BACKENDS).is_none_or(|i| i.map_flags() & names::BPF_F_MMAPABLE != 0);
+    if rings_ok && backends_ok {
+        return Ok(());
+    }
+    Err(Error::OldPins { dir: dir.into() })
+}
+
 pub fn detach_pinned(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());

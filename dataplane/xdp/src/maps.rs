@@ -4,6 +4,7 @@ use crate::{map_err, Error, Result};
 use aya::maps::{
     lpm_trie::LpmTrie, Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
 };
+use std::os::fd::AsFd;
 use std::path::Path;
 use vipr_abi::maps as names;
 use vipr_abi::*;
@@ -12,7 +13,7 @@ use vipr_dataplane::pipeline::Counters;
 pub struct Maps {
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    /// Inner maps are plain `MapData`: the programmer creates and fills them itself.
+    /// Holds the ring pool in its one slot (see `ring_pool`).
     pub rings: ArrayOfMaps<MapData, MapData>,
     pub backends: Array<MapData, BackendInfo>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
@@ -35,6 +36,9 @@ pub struct Maps {
     /// Made by this load and never programmed: nothing to read back before the first
     /// programming (reading a large empty backend array back costs tens of ms).
     pub(crate) fresh: bool,
+    /// The ring pool in `RINGS[0]`, and where it is pinned (with pinned maps).
+    pub(crate) ring_pool: Option<std::os::fd::OwnedFd>,
+    pub(crate) pool_pin: Option<std::path::PathBuf>,
 }
 
 /// Conntrack occupancy as `vipr status` shows it.
@@ -65,7 +69,9 @@ impl Maps {
             let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
         };
-        Self::build(&mut open)
+        let mut maps = Self::build(&mut open)?;
+        maps.ring_pool = crate::ring_pool::open_pin(&dir.join(names::RING_POOL_PIN)).ok();
+        Ok(maps)
     }
 
     fn build(get: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
@@ -102,6 +108,8 @@ impl Maps {
             backends_fd,
             conntrack_fd,
             fresh: false,
+            ring_pool: None,
+            pool_pin: None,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             next_hops: typed(names::NEXT_HOPS, get(names::NEXT_HOPS)?)?,
             conntrack: typed(names::CONNTRACK, conntrack)?,
@@ -182,23 +190,21 @@ impl Maps {
     /// pool; `None` when there is none there.
     pub fn ring(&self, info: &VipInfo) -> Option<Vec<u32>> {
         let len = self.ring_size(info)? as usize + vipr_abi::RING_HEADER_SLOTS as usize;
-        let pool = self.rings.get(&vipr_abi::maps::RING_POOL, 0).ok()?;
+        let pool = self.ring_pool.as_ref()?.as_fd();
         let at = info.ring_offset as usize;
-        let memory =
-            crate::sys::PoolMemory::map(std::os::fd::AsFd::as_fd(pool.fd()), at, len).ok()?;
+        let memory = crate::sys::PoolMemory::map(pool, at, len).ok()?;
         Some((at..at + len).map(|i| memory.read(i)).collect())
     }
 
     /// The ring size (M) of the VIP whose entry is `info`, if the pool holds its ring.
     pub fn ring_size(&self, info: &VipInfo) -> Option<u32> {
-        let pool = self.rings.get(&vipr_abi::maps::RING_POOL, 0).ok()?;
-        let slots = pool.info().ok()?.max_entries() as usize * 2;
+        let pool = self.ring_pool.as_ref()?.as_fd();
+        let slots = crate::ring_pool::slots(pool).ok()?;
         let at = info.ring_offset as usize;
         if at >= slots {
             return None;
         }
-        let m =
-            crate::sys::PoolMemory::map(std::os::fd::AsFd::as_fd(pool.fd()), at, 1).ok()?.read(at);
+        let m = crate::sys::PoolMemory::map(pool, at, 1).ok()?.read(at);
         let fits = at + m as usize + (vipr_abi::RING_HEADER_SLOTS as usize) <= slots;
         fits.then_some(m)
     }

@@ -1,7 +1,8 @@
 //! Programs `Tables` snapshots into the maps, writing only what changed since the last
 //! snapshot it programmed. The first call after an agent (re)start has no last snapshot:
-//! it reads what the maps hold and removes only what the new tables no longer have, so
-//! an adopted dataplane is corrected in place, never flushed.
+//! it reads what adopted maps hold (fresh ones hold nothing) and removes only what the
+//! new tables no longer have, so an adopted dataplane is corrected in place, never
+//! flushed.
 //!
 //! Order matters for packets in flight: backends before the rings that name them, rings
 //! before the VIPs that use them; removals last. Rings live in one pool
@@ -51,8 +52,13 @@ impl Programmer {
     }
 
     /// Kernel memory of the ring pool (the rings, their headroom and free room).
-    pub fn ring_bytes(&self) -> usize {
+    pub fn ring_pool_bytes(&self) -> usize {
         self.rings.as_ref().map_or(0, RingPool::bytes)
+    }
+
+    /// Of that, what the VIPs' regions hold (rings and their headroom).
+    pub fn ring_bytes(&self) -> usize {
+        self.rings.as_ref().map_or(0, RingPool::used_bytes)
     }
 
     /// The snapshot the maps hold, if this programmer wrote it.
@@ -70,11 +76,13 @@ impl Programmer {
         let hops = next_hops(t);
         check_limits(limits, t, ranges.len(), hops.len())?;
         let mut report = ProgramReport::default();
-        // Fresh maps hold nothing: the same as having programmed empty tables.
-        let prev = self.programmed.take().or_else(|| maps.fresh.then(Tables::default));
+        // Fresh maps hold nothing: the same as having programmed empty tables (but for
+        // the settings, which hold zeros, not the defaults).
+        let fresh = maps.fresh && self.programmed.is_none();
+        let prev = self.programmed.take().or_else(|| fresh.then(Tables::default));
         maps.fresh = false;
 
-        if prev.as_ref().map(|p| p.settings) != Some(t.settings) {
+        if fresh || prev.as_ref().map(|p| p.settings) != Some(t.settings) {
             maps.set_settings(&t.settings)?;
         }
 
@@ -459,37 +467,43 @@ const MAPPED_BACKENDS: usize = 256;
 /// Writes backend entries `(id, new, old)`. Many entries that were empty go through a
 /// mapping of the array: every field but `family` first, then `family`, which marks an
 /// entry present (the program ignores an entry of family 0), so no packet uses a
-/// half-written one. Changed and cleared entries, which packets may be reading, go in
-/// one batch syscall (each entry replaced whole).
+/// half-written one. Changed and cleared entries go in one batch syscall (the kernel
+/// copies each in place; a packet reading one meanwhile may see a mix, as with any array
+/// update). Maps that cannot be mapped take the batch syscall for everything.
 fn write_backends(maps: &Maps, writes: &[(u32, BackendInfo, BackendInfo)]) -> Result<()> {
     let io = |source| Error::Io { path: names::BACKENDS.into(), source };
     let (fresh, other): (Vec<_>, Vec<_>) =
         writes.iter().partition(|(_, new, old)| old.family == 0 && new.family != 0);
-    let (fresh, other) = if fresh.len() >= MAPPED_BACKENDS {
-        (fresh, other)
-    } else {
-        (vec![], writes.iter().collect())
-    };
-    if let (Some(first), Some(last)) =
-        (fresh.iter().map(|w| w.0).min(), fresh.iter().map(|w| w.0).max())
-    {
-        let size = size_of::<BackendInfo>();
-        let start = first as usize * size;
-        let mut window =
-            sys::MapWindow::map(maps.backends_fd(), start, (last - first + 1) as usize * size)
-                .map_err(io)?;
-        for &&(id, new, _) in &fresh {
-            window.write(id as usize * size, BackendInfo { family: 0, ..new });
-        }
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        let family = std::mem::offset_of!(BackendInfo, family);
-        for &&(id, new, _) in &fresh {
-            window.write(id as usize * size + family, new.family);
-        }
-    }
-    let ids: Vec<u32> = other.iter().map(|w| w.0).collect();
-    let infos: Vec<BackendInfo> = other.iter().map(|w| w.1).collect();
+    let mapped = fresh.len() >= MAPPED_BACKENDS && write_mapped(maps, &fresh).is_ok();
+    let rest: Vec<_> = if mapped { other } else { writes.iter().collect() };
+    let ids: Vec<u32> = rest.iter().map(|w| w.0).collect();
+    let infos: Vec<BackendInfo> = rest.iter().map(|w| w.1).collect();
     sys::update_batch(maps.backends_fd(), &ids, &infos).map_err(io)
+}
+
+/// The mapped half of `write_backends`.
+fn write_mapped(maps: &Maps, fresh: &[&(u32, BackendInfo, BackendInfo)]) -> std::io::Result<()> {
+    let (Some(first), Some(last)) =
+        (fresh.iter().map(|w| w.0).min(), fresh.iter().map(|w| w.0).max())
+    else {
+        return Ok(());
+    };
+    // The kernel lays values out round_up(size, 8) apart.
+    let stride = size_of::<BackendInfo>().next_multiple_of(8);
+    let start = first as usize * stride;
+    let len = (last - first + 1) as usize * stride;
+    let mut window = sys::MapWindow::map(maps.backends_fd(), start, len)?;
+    for &&(id, new, _) in fresh {
+        window.write(id as usize * stride, BackendInfo { family: 0, ..new });
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    let family = std::mem::offset_of!(BackendInfo, family);
+    for &&(id, new, _) in fresh {
+        window.write(id as usize * stride + family, new.family);
+    }
+    // Before any ring slot that names them.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    Ok(())
 }
 
 const EMPTY_BACKEND: BackendInfo =

@@ -12,8 +12,10 @@
 
 use crate::sys::{self, PoolMemory};
 use crate::{map_err, Error, Maps, Result};
+use aya::maps::MapData;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vipr_abi::maps::{self as names, RING_MAP_FLAGS, RING_POOL};
 use vipr_abi::{VipInfo, RING_HEADER_SLOTS};
@@ -57,13 +59,8 @@ impl RingPool {
     /// VIPs `vips` as the maps say (each as long as its ring: no headroom known), the rest
     /// free. `None` when there is no pool yet.
     pub fn adopt<'a>(maps: &Maps, vips: impl Iterator<Item = &'a VipInfo>) -> Option<Self> {
-        let inner = maps.rings.get(&RING_POOL, 0).ok()?;
-        let info = inner.info().ok()?;
-        if info.value_size() != 8 {
-            return None;
-        }
-        let slots = info.max_entries() as usize * 2;
-        let fd = inner.fd().as_fd().try_clone_to_owned().ok()?;
+        let fd = maps.ring_pool.as_ref()?.try_clone().ok()?;
+        let slots = slots(fd.as_fd()).ok()?;
         let mut pool = RingPool::empty(fd, slots);
         let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
         let mut vips = vips.peekable();
@@ -107,10 +104,10 @@ impl RingPool {
         }
     }
 
-    /// A new pool of `slots` slots, all free, swapped into the maps.
+    /// A new pool of `slots` slots, all free, in the maps.
     fn create(maps: &mut Maps, slots: usize) -> Result<Self> {
         let fd = new_map(slots)?;
-        swap_in(maps, &fd)?;
+        put(maps, &fd)?;
         let mut pool = RingPool::empty(fd, slots);
         pool.add_free(Region { at: 0, len: slots });
         Ok(pool)
@@ -119,6 +116,11 @@ impl RingPool {
     /// Kernel memory of the pool's values.
     pub fn bytes(&self) -> usize {
         (self.slots * 4).div_ceil(4096) * 4096
+    }
+
+    /// Bytes of the regions VIPs hold (rings and their headroom).
+    pub fn used_bytes(&self) -> usize {
+        self.placed.values().map(|r| r.len * 4).sum()
     }
 
     /// Where VIP id `vip_id`'s ring starts.
@@ -212,7 +214,7 @@ impl RingPool {
         let old = PoolMemory::map(self.fd.as_fd(), 0, self.slots).map_err(io)?;
         let mut new = PoolMemory::map(fd.as_fd(), 0, slots).map_err(io)?;
         old.copy_to(&mut new);
-        swap_in(maps, &fd)?;
+        put(maps, &fd)?;
         self.add_free(Region { at: self.slots, len: slots - self.slots });
         self.fd = fd;
         self.slots = slots;
@@ -263,14 +265,89 @@ impl RingPool {
     }
 }
 
-/// Gives fresh maps a ring pool of `slots` slots, so the first programming pays no RCU
-/// grace period for it; maps that hold one (adopted pins) keep theirs.
+/// Gives the maps their ring pool: the pinned one (adopted maps), else the one `RINGS`
+/// holds, else a new one of `slots` slots, so the first programming pays no RCU grace
+/// period for it.
 pub fn install(maps: &mut Maps, slots: u32) -> Result<()> {
-    if slots == 0 || maps.rings.get(&RING_POOL, 0).is_ok() {
+    let held = sys::lookup_u32(maps.rings_fd(), RING_POOL).map_err(io)?;
+    if let Some(pin) = maps.pool_pin.clone().filter(|p| p.exists()) {
+        let fd = open_pin(&pin)?;
+        // An agent that died between pinning a new pool and swapping it in: swap now.
+        if held != Some(id_of(fd.as_fd())?) {
+            swap_in(maps, &fd)?;
+        }
+        maps.ring_pool = Some(fd);
+        return Ok(());
+    }
+    if held.is_some() {
+        // Held but not pinned (an agent that died in between, or maps of an unpinned
+        // load): only its id is known, and an fd by id needs CAP_SYS_ADMIN.
+        let inner = maps
+            .rings
+            .get(&RING_POOL, 0)
+            .map_err(|source| Error::Map { map: names::RINGS, source })?;
+        let fd = inner.fd().as_fd().try_clone_to_owned().map_err(io)?;
+        pin(maps, &fd)?;
+        maps.ring_pool = Some(fd);
+        return Ok(());
+    }
+    if slots == 0 {
         return Ok(());
     }
     let fd = new_map(slots as usize)?;
-    swap_in(maps, &fd)
+    put(maps, &fd)
+}
+
+/// Opens the pool pinned at `pin`.
+pub fn open_pin(pin: &Path) -> Result<OwnedFd> {
+    let data = MapData::from_pin(pin).map_err(map_err(names::RINGS))?;
+    data.fd().as_fd().try_clone_to_owned().map_err(io)
+}
+
+/// How many slots the pool `fd` has.
+pub fn slots(fd: BorrowedFd<'_>) -> Result<usize> {
+    let info = info(fd)?;
+    if info.value_size() != 8 {
+        return Err(Error::TooSmall {
+            what: "ring pool value byte",
+            map: names::RINGS,
+            needed: 8,
+            limit: info.value_size(),
+        });
+    }
+    Ok(info.max_entries() as usize * 2)
+}
+
+fn info(fd: BorrowedFd<'_>) -> Result<aya::maps::MapInfo> {
+    let data =
+        MapData::from_fd(fd.try_clone_to_owned().map_err(io)?).map_err(map_err(names::RINGS))?;
+    data.info().map_err(map_err(names::RINGS))
+}
+
+fn id_of(fd: BorrowedFd<'_>) -> Result<u32> {
+    Ok(info(fd)?.id())
+}
+
+fn io(source: std::io::Error) -> Error {
+    Error::Io { path: names::RINGS.into(), source }
+}
+
+/// Makes `fd` the maps' pool: pinned first (replacing the old pin), then swapped in, so
+/// a restart finds whichever the packets may be reading.
+fn put(maps: &mut Maps, fd: &OwnedFd) -> Result<()> {
+    pin(maps, fd)?;
+    swap_in(maps, fd)?;
+    maps.ring_pool = Some(fd.try_clone().map_err(io)?);
+    Ok(())
+}
+
+fn pin(maps: &Maps, fd: &OwnedFd) -> Result<()> {
+    let Some(path) = &maps.pool_pin else { return Ok(()) };
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    }
+    let data = MapData::from_fd(fd.try_clone().map_err(io)?).map_err(map_err(names::RINGS))?;
+    data.pin(path).map_err(|source| Error::Pin { path: path.clone(), source })
 }
 
 fn new_map(slots: usize) -> Result<OwnedFd> {
@@ -284,7 +361,8 @@ fn new_map(slots: usize) -> Result<OwnedFd> {
         .map_err(|source| Error::Io { path: names::RINGS.into(), source })
 }
 
-/// Puts the pool `fd` into `RINGS` (waits for running programs: an RCU grace period).
+/// Puts the pool `fd` into `RINGS` (the kernel waits for running programs to finish:
+/// an RCU grace period).
 fn swap_in(maps: &mut Maps, fd: &OwnedFd) -> Result<()> {
     sys::update_u32_batch(maps.rings_fd(), &[RING_POOL], &[fd.as_raw_fd() as u32])
         .map_err(|source| Error::Io { path: names::RINGS.into(), source })

@@ -1,12 +1,14 @@
-//! The bpf(2) calls aya 0.14 does not offer: creating a ring's inner array map, mapping
-//! its memory to write it directly, and swapping many rings into the outer map at once
-//! (`BPF_MAP_UPDATE_BATCH`).
+//! The bpf(2) calls aya 0.14 does not offer: creating the ring pool, mapping array
+//! memory to write it directly, batch updates and lookups (`BPF_MAP_*_BATCH`), and a
+//! plain lookup of an array of maps (which aya only offers as an fd by id, a call that
+//! needs CAP_SYS_ADMIN).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -23,6 +25,34 @@ struct MapCreateAttr {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
+}
+
+/// `union bpf_attr`'s element member (lookups).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The `u32` value under `key` of a map with `u32` keys and values; for an array of
+/// maps, the id of the inner map there. `None` when the slot is empty.
+pub fn lookup_u32(map: BorrowedFd<'_>, key: u32) -> io::Result<Option<u32>> {
+    let mut value: u32 = 0;
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &mut value as *mut u32 as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `union bpf_attr`'s `batch` member.
@@ -69,8 +99,7 @@ pub fn create_ring_pool(name: &str, slots: u32, flags: u32) -> io::Result<OwnedF
 }
 
 /// Writes `values[i]` under `keys[i]` of a map with u32 keys and values (an array, or an
-/// array of maps whose values are inner map descriptors), in one call. For an array of
-/// maps that is also one wait for running programs (Linux 6.8) instead of one an entry.
+/// array of maps whose values are inner map descriptors), in one call.
 pub fn update_u32_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
     update_batch(map, keys, values)
 }
@@ -197,11 +226,12 @@ impl MapWindow {
         self.base.as_ptr().wrapping_add(at - self.base_byte)
     }
 
-    /// Writes `value` at byte `at` with volatile stores, `T`'s whole size inside the
-    /// mapping.
+    /// Writes `value` at byte `at` (aligned for `T`: array values start at multiples of
+    /// 8) with a volatile store, `T`'s whole size inside the mapping.
     pub fn write<T: Copy>(&mut self, at: usize, value: T) {
+        assert!(at.is_multiple_of(align_of::<T>()), "byte {at} is not aligned for the value");
         let _ = self.at(at + size_of::<T>() - 1);
-        // SAFETY: inside the mapping (checked); unaligned writes are fine for a *u8 base.
+        // SAFETY: inside the mapping and aligned (checked; the mapping is page-aligned).
         unsafe { self.at(at).cast::<T>().write_volatile(value) };
     }
 }
@@ -262,6 +292,8 @@ impl PoolMemory {
     /// header, M), so a program that reads M finds its slots written. Each slot is one
     /// aligned 32-bit store, and programs read whole slots.
     pub fn write_ring(&mut self, at: usize, ring: &[u32], header: usize) {
+        // What was written before (backend entries the ring names) is visible first.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         assert!(
             at >= self.first && at + ring.len() <= self.end,
             "a ring of {} slots at {at}, outside the window {}..{}",

@@ -237,7 +237,7 @@ fn a_full_ring_pool_grows_and_every_ring_keeps_its_place() {
     let first: Vec<VipSpec> = (0..10).map(|p| vip(1000 + p)).collect();
     let ch = compiler.sync(&DesiredState { vips: first, ..Default::default() }).unwrap();
     programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
-    let small = programmer.ring_bytes();
+    let small = programmer.ring_pool_bytes();
     let offsets = |xdp: &Xdp, t: &Tables| -> Vec<(VipKey, u32)> {
         let mut o: Vec<_> =
             t.vips.keys().map(|k| (*k, xdp.maps.vips.get(k, 0).unwrap().ring_offset)).collect();
@@ -249,7 +249,7 @@ fn a_full_ring_pool_grows_and_every_ring_keeps_its_place() {
     let more: Vec<VipSpec> = (10..110).map(|p| vip(1000 + p)).collect();
     let ch = compiler.update(&more, &[]).unwrap();
     programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
-    assert!(programmer.ring_bytes() > small, "the pool grew");
+    assert!(programmer.ring_pool_bytes() > small, "the pool grew");
     let after = offsets(&xdp, compiler.tables());
     for (key, at) in &before {
         assert!(after.contains(&(*key, *at)), "{key:?} kept its offset {at}");
@@ -288,4 +288,20 @@ fn a_restarted_programmer_finds_the_rings_where_they_are_and_rewrites_them_in_pl
     assert_eq!(offsets(&xdp), before, "each where it was");
     let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
     assert_maps_hold(&xdp, compiler.tables(), &all, 0);
+}
+
+#[test]
+fn fresh_maps_get_the_settings_even_when_they_are_the_defaults() {
+    let limits = Limits { vips: 16, backends: 64, conntrack_flows: 64, ..Limits::default() };
+    let mut xdp = Xdp::load(limits, None).unwrap();
+    let mut compiler = Compiler::default();
+    let ch = compiler.sync(&state(2)).unwrap();
+    assert_eq!(compiler.tables().settings, vipr_abi::Settings::default());
+    Programmer::new().apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    let held = xdp.maps.settings.get(&0, 0).unwrap();
+    assert_eq!(
+        held,
+        vipr_abi::Settings::default(),
+        "a fresh SETTINGS map holds zeros until written"
+    );
 }
