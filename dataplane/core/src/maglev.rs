@@ -582,6 +582,18 @@ impl Turns for Skewed<'_> {
     }
 }
 
+/// Each member's cursor at the start of its preference list for a ring of `m` slots.
+fn cursors(members: &[Member], m: usize) -> Vec<Cursor> {
+    members
+        .iter()
+        .map(|(identity, _, id)| {
+            let (offset, skip) = offset_skip(identity, m as u32);
+            let (offset, skip) = (offset as usize, skip as usize);
+            Cursor { pos: offset, skip, skip2: add_mod(skip, skip, m), inv_skip: 0, id: *id }
+        })
+        .collect()
+}
+
 /// Fills `out` from backends already in canonical order.
 fn populate(members: &[Member], out: &mut [u32], scheduler: Scheduler) {
     let m = out.len();
@@ -593,14 +605,7 @@ fn populate(members: &[Member], out: &mut [u32], scheduler: Scheduler) {
         out.fill(NO_BACKEND);
         return;
     }
-    let mut cursors: Vec<Cursor> = members
-        .iter()
-        .map(|(identity, _, id)| {
-            let (offset, skip) = offset_skip(identity, m as u32);
-            let (offset, skip, m) = (offset as usize, skip as usize, m);
-            Cursor { pos: offset, skip, skip2: add_mod(skip, skip, m), inv_skip: 0, id: *id }
-        })
-        .collect();
+    let mut cursors = cursors(members, m);
     let weights: Vec<u64> = members.iter().map(|&(_, w, _)| u64::from(w)).collect();
     let modulo = FastMod::new(m as u64);
     // The bitmap: on the stack up to 65536 slots (8 KiB).
@@ -681,65 +686,10 @@ fn fill<const W: usize>(ring: &mut Filler<'_, W>, cursors: &mut [Cursor], mut tu
 /// probe), kept to check that the faster one fills the same rings.
 #[cfg(test)]
 mod reference {
-    use super::{is_prime, offset_skip, Member, Scheduler};
+    use super::{add_mod, inverse_mod, is_prime, Cursor, FastMod, Member, Scheduler};
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use vipr_abi::NO_BACKEND;
-
-    /// Where a backend is in its preference list.
-    struct Cursor {
-        /// `p_i(next_i)`: the next preferred slot to try. Kept as a position, not an index
-        /// into the list, so stepping is an add and a conditional subtract, no modulo.
-        pos: usize,
-        skip: usize,
-        /// `2 · skip mod m`: the walk tests two slots per step (see [`Filler::claim`]).
-        skip2: usize,
-        /// `skip⁻¹ mod m`, computed when the backend first claims in the tail; 0 = not yet.
-        inv_skip: u64,
-        id: u32,
-    }
-
-    /// `a + b mod m` for `a, b < m`.
-    #[inline(always)]
-    fn add_mod(a: usize, b: usize, m: usize) -> usize {
-        let s = a + b;
-        // Both candidates from `s`, then a select: 3 cycles of latency, not 4.
-        s.min(s.wrapping_sub(m))
-    }
-
-    /// `a⁻¹ mod m` for `0 < a < m`, `m` prime (extended Euclid).
-    fn inverse_mod(a: u64, m: u64) -> u64 {
-        let (mut r0, mut r1) = (m as i64, a as i64);
-        let (mut t0, mut t1) = (0i64, 1i64);
-        while r1 != 0 {
-            let q = r0 / r1;
-            (r0, r1) = (r1, r0 - q * r1);
-            (t0, t1) = (t1, t0 - q * t1);
-        }
-        t0.rem_euclid(m as i64) as u64
-    }
-
-    /// `n mod d` by two multiplications (Lemire, Kaser, Kurz, "Faster remainder by direct
-    /// computation", 2019, Theorem 1): exact for `n < 2^40`, `2 <= d <= 2^20`, since
-    /// 64 >= 40 + 20. The tail of the population takes one per unclaimed slot per turn.
-    #[derive(Clone, Copy)]
-    struct FastMod {
-        d: u64,
-        c: u64,
-    }
-
-    impl FastMod {
-        fn new(d: u64) -> Self {
-            debug_assert!((2..=1 << 20).contains(&d));
-            FastMod { d, c: u64::MAX / d + 1 }
-        }
-
-        #[inline(always)]
-        fn rem(self, n: u64) -> u64 {
-            debug_assert!(n < 1 << 40);
-            ((u128::from(self.c.wrapping_mul(n)) * u128::from(self.d)) >> 64) as u64
-        }
-    }
 
     /// The ring being populated.
     ///
@@ -859,14 +809,7 @@ mod reference {
             out.fill(NO_BACKEND);
             return;
         }
-        let mut cursors: Vec<Cursor> = members
-            .iter()
-            .map(|(identity, _, id)| {
-                let (offset, skip) = offset_skip(identity, m as u32);
-                let (offset, skip, m) = (offset as usize, skip as usize, m);
-                Cursor { pos: offset, skip, skip2: add_mod(skip, skip, m), inv_skip: 0, id: *id }
-            })
-            .collect();
+        let mut cursors = super::cursors(members, m);
         let weights: Vec<u64> = members.iter().map(|&(_, w, _)| u64::from(w)).collect();
         let max_w = weights.iter().copied().max().unwrap_or(1);
         let sum_w: u64 = weights.iter().sum();
