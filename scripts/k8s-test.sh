@@ -38,6 +38,9 @@ stop_servers() {
     fi
 }
 stop_servers
+# An empty cluster every run: objects an interrupted run left behind (a LoadBalancer
+# Service holding a pool address, say) would change what the scenarios see.
+rm -rf "$STATE/etcd"
 trap stop_servers EXIT
 bash "$API" start
 
