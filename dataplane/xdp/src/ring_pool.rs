@@ -144,15 +144,12 @@ impl RingPool {
     }
 
     /// Writes `rings`, each in place when its VIP's region holds it, else into a new
-    /// region (the pool grows when none is free); returns the VIP ids whose ring moved.
+    /// region (the pool grows when none is free); a VIP's entry names where its ring is
+    /// through [`RingPool::offset`].
     /// Makes the pool if there is none yet.
-    pub fn write(
-        pool: &mut Option<Self>,
-        maps: &mut Maps,
-        rings: &[RingWrite],
-    ) -> Result<Vec<u32>> {
+    pub fn write(pool: &mut Option<Self>, maps: &mut Maps, rings: &[RingWrite]) -> Result<()> {
         if rings.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let p = match pool {
             Some(p) => p,
@@ -162,7 +159,6 @@ impl RingPool {
             }
         };
         p.reclaim(Instant::now());
-        let mut moved = Vec::new();
         let mut places = Vec::with_capacity(rings.len());
         for r in rings {
             match p.placed.get(&r.vip_id) {
@@ -179,7 +175,6 @@ impl RingPool {
                         p.quarantine.push_back((Instant::now(), old));
                     }
                     places.push(region.at);
-                    moved.push(r.vip_id);
                 }
             }
         }
@@ -202,7 +197,7 @@ impl RingPool {
                 write(&mut memory, r, at);
             }
         }
-        Ok(moved)
+        Ok(())
     }
 
     /// Copies the pool into one with room for `more` slots more (at least twice the

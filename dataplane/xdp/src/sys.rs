@@ -248,44 +248,17 @@ impl Drop for MapWindow {
 /// the pages of the window are mapped, so writing one ring maps a few pages, not the
 /// pool.
 pub struct PoolMemory {
-    /// The start of the mapping (a page boundary at or below slot `first`).
-    base: std::ptr::NonNull<u32>,
-    len: usize,
-    /// The first slot of the window and the slot at `base`.
+    window: MapWindow,
+    /// The window's slots: `first..end`.
     first: usize,
-    base_slot: usize,
     end: usize,
 }
-
-// SAFETY: the mapping is plain shared memory owned by this value; writes go through
-// `&mut self`.
-unsafe impl Send for PoolMemory {}
-unsafe impl Sync for PoolMemory {}
 
 impl PoolMemory {
     /// Maps slots `first..first + count` of the pool `map`.
     pub fn map(map: BorrowedFd<'_>, first: usize, count: usize) -> io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let start = first * 4 / page * page;
-        let len = ((first + count) * 4).div_ceil(page) * page - start;
-        // SAFETY: a new shared mapping of the map's fd at a page-aligned offset; the
-        // kernel checks the range against the map and that it is mmapable.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_raw_fd(),
-                start as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null");
-        Ok(PoolMemory { base, len, first, base_slot: start / 4, end: first + count })
+        let window = MapWindow::map(map, first * 4, count * 4)?;
+        Ok(PoolMemory { window, first, end: first + count })
     }
 
     /// Writes `ring` at slot `at`, slot `header` on first, then slots `0..header` (the
@@ -331,13 +304,6 @@ impl PoolMemory {
 
     fn slot(&self, i: usize) -> *mut u32 {
         debug_assert!(i >= self.first && i < self.end);
-        self.base.as_ptr().wrapping_add(i - self.base_slot)
-    }
-}
-
-impl Drop for PoolMemory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        self.window.at(i * 4).cast()
     }
 }
