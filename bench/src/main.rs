@@ -81,6 +81,10 @@ fn main() -> Result<()> {
     if argv.get(1).map(String::as_str) == Some("backend") {
         return forward::serve_backend(&argv[2..]);
     }
+    // And so are the programming suite's cold runs after the first.
+    if argv.get(1).map(String::as_str) == Some("cold-run") {
+        return programming::cold_run(&argv[2..]);
+    }
     let args = Args::parse();
     let all = args.suites.is_empty();
     let want = |s: &str| all || args.suites.iter().any(|x| x == s);

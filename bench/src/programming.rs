@@ -5,7 +5,9 @@
 //!   `vipr_k8s::fixtures`) from nothing into freshly loaded maps: translate -> compile
 //!   (Maglev rings) -> program. Wall time per stage and the growth of this process's RSS,
 //!   against rendering kube-proxy's iptables rule set for the same Services
-//!   (kube_proxy.rs) and `iptables-restore` of it into an empty scratch netns.
+//!   (kube_proxy.rs) and `iptables-restore` of it into an empty scratch netns. Each side
+//!   runs three times from nothing (vipr in a new process each time, as an agent that
+//!   starts is; iptables-restore into a new netns each time) and the median run counts.
 //! - One endpoint change at 1k and at 10k Services: event-to-programmed latency
 //!   percentiles (hdrhistogram). An event is one EndpointSlice whose endpoint moves to
 //!   another address; from then until the programmer returns: translate the changed
@@ -42,18 +44,21 @@ struct Sizes {
     small: usize,
     /// Events per size: incremental, full re-translation, iptables partial sync.
     events: (usize, usize, usize),
+    /// Cold runs of each side at the large size, each from nothing: the median counts
+    /// (one run alone is at the mercy of a noisy neighbour on a shared machine).
+    cold_runs: usize,
 }
 
 pub fn suite(smoke: bool, machine: &str) -> Result<String> {
     let sizes = if smoke {
-        Sizes { large: 50, small: 20, events: (20, 5, 3) }
+        Sizes { large: 50, small: 20, events: (20, 5, 3), cold_runs: 1 }
     } else {
-        Sizes { large: 10_000, small: 1_000, events: (1_000, 50, 30) }
+        Sizes { large: 10_000, small: 1_000, events: (1_000, 50, 30), cold_runs: 3 }
     };
-    let (mut world, cold) = World::cold(sizes.large)?;
+    let (mut world, cold) = World::cold(sizes.large, sizes.cold_runs)?;
     let large = one_change(&mut world, sizes.events)?;
     drop(world);
-    let (mut world, _) = World::cold(sizes.small)?;
+    let (mut world, _) = World::cold(sizes.small, 1)?;
     let small = one_change(&mut world, sizes.events)?;
     drop(world);
     Ok(report(smoke, machine, &sizes, &cold, &[small, large]))
@@ -128,24 +133,46 @@ struct Cold {
     n: usize,
     rules: usize,
     objects_rss: usize,
-    translate: Duration,
-    compile: Duration,
-    program: Duration,
+    /// Every run's stages; the first ran in this process, the others each in a new one.
+    runs: Vec<Stages>,
     vipr_rss: usize,
     ring_bytes: usize,
     ring_pool_bytes: usize,
     render: Duration,
-    restore: Duration,
+    /// Every run's iptables-restore, each into a new namespace.
+    restores: Vec<Duration>,
     restore_rss: usize,
     iptables: String,
 }
 
-impl Cold {
-    fn vipr(&self) -> Duration {
+/// One cold run of vipr: translate, compile, program.
+#[derive(Clone, Copy)]
+struct Stages {
+    translate: Duration,
+    compile: Duration,
+    program: Duration,
+}
+
+impl Stages {
+    fn total(&self) -> Duration {
         self.translate + self.compile + self.program
     }
+}
+
+impl Cold {
+    /// The run of median total.
+    fn vipr(&self) -> Stages {
+        let mut runs = self.runs.clone();
+        runs.sort_by_key(Stages::total);
+        runs[runs.len() / 2]
+    }
+    fn restore(&self) -> Duration {
+        let mut r = self.restores.clone();
+        r.sort();
+        r[r.len() / 2]
+    }
     fn kube_proxy(&self) -> Duration {
-        self.render + self.restore
+        self.render + self.restore()
     }
 }
 
@@ -167,62 +194,115 @@ struct World {
     netns: Netns,
 }
 
+/// vipr's state after programming from cold.
+struct Programmed {
+    translator: Translator,
+    xdp: Xdp,
+    compiler: Compiler,
+    programmer: Programmer,
+}
+
+/// Programs the objects of `n` Services from cold into freshly loaded maps, timing each
+/// step.
+fn program_cold(n: usize, objects: &Objects) -> Result<(Stages, Programmed)> {
+    let opts = Options::default();
+    // The maps exist (the agent has loaded its program) and are empty. The objects
+    // arrive as the watchers' first lists: one relist of each kind.
+    let mut xdp = Xdp::load(limits(), None)?;
+    let start = Instant::now();
+    let mut translator = Translator::new(opts);
+    translator.replace_services(objects.0.clone());
+    translator.replace_slices(objects.1.clone());
+    translator.replace_nodes(objects.2.clone());
+    let changes = translator.take_changes();
+    ensure!(
+        changes.warnings.is_empty(),
+        "the benchmark cluster translates with warnings: {:?}",
+        changes.warnings
+    );
+    ensure!(changes.upserts.len() == n, "{} VIPs from {n} Services", changes.upserts.len());
+    let state = DesiredState {
+        vips: changes.upserts.into_iter().map(|v| v.spec).collect(),
+        ..Default::default()
+    };
+    let translate = start.elapsed();
+    let start = Instant::now();
+    let mut compiler = Compiler::default();
+    let changes = compiler.sync(&state)?;
+    let compile = start.elapsed();
+    let start = Instant::now();
+    let mut programmer = Programmer::new();
+    let written = programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &changes)?;
+    let program = start.elapsed();
+    eprintln!(
+        "programming: {n} Services from cold: translate {:.0} ms, compile {:.0} ms, program {:.0} ms",
+        ms(translate),
+        ms(compile),
+        ms(program)
+    );
+    ensure!(written.rings_written == n, "{} rings written for {n} Services", written.rings_written);
+    ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
+    let stages = Stages { translate, compile, program };
+    Ok((stages, Programmed { translator, xdp, compiler, programmer }))
+}
+
+/// The objects of `n` Services as the watchers hand them over.
+fn objects(inputs: &Inputs) -> Objects {
+    (
+        inputs.services.iter().cloned().map(Arc::new).collect(),
+        inputs.endpoint_slices.iter().cloned().map(Arc::new).collect(),
+        inputs.nodes.iter().cloned().map(Arc::new).collect(),
+    )
+}
+
+/// `vipr-bench cold-run N`: one cold run of N Services in a process of its own (a new
+/// heap, as an agent that starts has), its stages printed in nanoseconds.
+pub fn cold_run(args: &[String]) -> Result<()> {
+    let n: usize = args.first().context("cold-run N")?.parse().context("cold-run N")?;
+    let (inputs, _) = cluster(n);
+    let (stages, _) = program_cold(n, &objects(&inputs))?;
+    println!(
+        "{} {} {}",
+        stages.translate.as_nanos(),
+        stages.compile.as_nanos(),
+        stages.program.as_nanos()
+    );
+    Ok(())
+}
+
+/// A cold run in a new process.
+fn cold_run_elsewhere(n: usize) -> Result<Stages> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["cold-run", &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running vipr-bench cold-run")?;
+    ensure!(out.status.success(), "vipr-bench cold-run {n} failed ({})", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: Vec<u64> = text.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    let [translate, compile, program] = ns[..] else { bail!("cold-run printed {text:?}") };
+    let d = Duration::from_nanos;
+    Ok(Stages { translate: d(translate), compile: d(compile), program: d(program) })
+}
+
 impl World {
-    /// Programs `n` Services from cold both ways, timing each step.
-    fn cold(n: usize) -> Result<(World, Cold)> {
-        let opts = Options::default();
+    /// Programs `n` Services from cold both ways, timing each step, `runs` times each
+    /// way; the first run of each stays for the changes.
+    fn cold(n: usize, runs: usize) -> Result<(World, Cold)> {
         let rss0 = rss_bytes();
         let (inputs, kp) = cluster(n);
+        let objects = objects(&inputs);
         let objects_rss = rss_bytes().saturating_sub(rss0);
 
-        // The maps exist (the agent has loaded its program) and are empty. The objects
-        // arrive as the watchers' first lists: one relist of each kind.
-        let mut xdp = Xdp::load(limits(), None)?;
-        let objects = (
-            inputs.services.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-            inputs.endpoint_slices.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-            inputs.nodes.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
-        );
         let rss0 = rss_bytes();
-        let start = Instant::now();
-        let mut translator = Translator::new(opts.clone());
-        translator.replace_services(objects.0.clone());
-        translator.replace_slices(objects.1.clone());
-        translator.replace_nodes(objects.2.clone());
-        let changes = translator.take_changes();
-        ensure!(
-            changes.warnings.is_empty(),
-            "the benchmark cluster translates with warnings: {:?}",
-            changes.warnings
-        );
-        ensure!(changes.upserts.len() == n, "{} VIPs from {n} Services", changes.upserts.len());
-        let state = DesiredState {
-            vips: changes.upserts.into_iter().map(|v| v.spec).collect(),
-            ..Default::default()
-        };
-        let translate = start.elapsed();
-        let start = Instant::now();
-        let mut compiler = Compiler::default();
-        let changes = compiler.sync(&state)?;
-        let compile = start.elapsed();
-        let start = Instant::now();
-        let mut programmer = Programmer::new();
-        let written = programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &changes)?;
-        let program = start.elapsed();
+        let (first, vipr) = program_cold(n, &objects)?;
         let vipr_rss = rss_bytes().saturating_sub(rss0);
-        eprintln!(
-            "programming: {n} Services from cold: translate {:.0} ms, compile {:.0} ms, program {:.0} ms",
-            ms(translate),
-            ms(compile),
-            ms(program)
-        );
-        ensure!(
-            written.rings_written == n,
-            "{} rings written for {n} Services",
-            written.rings_written
-        );
-        ensure!(xdp.maps.vips.iter().count() == n, "the VIP map does not hold {n} VIPs");
-        let (ring_bytes, ring_pool_bytes) = (programmer.ring_bytes(), programmer.ring_pool_bytes());
+        let (ring_bytes, ring_pool_bytes) =
+            (vipr.programmer.ring_bytes(), vipr.programmer.ring_pool_bytes());
+        let mut vipr_runs = vec![first];
+        for _ in 1..runs {
+            vipr_runs.push(cold_run_elsewhere(n)?);
+        }
 
         let start = Instant::now();
         let rules = kube_proxy::iptables_restore(&kp);
@@ -233,6 +313,16 @@ impl World {
         // iptables-save takes minutes (and crashes) at 10k Services: look at one
         // Service's chains instead.
         netns.check_service(n - 1, &kp[n - 1])?;
+        let mut restores = vec![restore];
+        for run in 1..runs {
+            let scratch = Netns::new(&format!("vipr-bench-prog-{n}-{run}"))?;
+            let (restore, _) = scratch.restore(&rules, &[])?;
+            eprintln!(
+                "programming: {n} Services from cold: iptables-restore {:.0} ms",
+                ms(restore)
+            );
+            restores.push(restore);
+        }
         let iptables = Command::new("iptables-restore")
             .arg("--version")
             .output()
@@ -242,17 +332,16 @@ impl World {
             n,
             rules: rules.lines().filter(|l| l.starts_with("-A ")).count(),
             objects_rss,
-            translate,
-            compile,
-            program,
+            runs: vipr_runs,
             vipr_rss,
             ring_bytes,
             ring_pool_bytes,
             render,
-            restore,
+            restores,
             restore_rss,
             iptables,
         };
+        let Programmed { translator, xdp, compiler, programmer } = vipr;
         let world = World { n, inputs, kp, objects, translator, xdp, compiler, programmer, netns };
         Ok((world, cold))
     }
@@ -556,6 +645,8 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         c.iptables,
     );
 
+    let v = c.vipr();
+    let ratio = ms(c.kube_proxy()) / ms(v.total());
     let _ = writeln!(s, "### From cold: {} Services x {ENDPOINTS} endpoints\n", c.n);
     let _ = writeln!(s, "| step | vipr ms | kube-proxy (iptables) ms | ratio |");
     let _ = writeln!(s, "|---|---:|---:|---:|");
@@ -563,24 +654,36 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
         s,
         "| objects -> desired state (translate / render {} rules) | {:.1} | {:.1} | {:.1}x |",
         c.rules,
-        ms(c.translate),
+        ms(v.translate),
         ms(c.render),
-        ms(c.render) / ms(c.translate)
+        ms(c.render) / ms(v.translate)
     );
-    let _ = writeln!(s, "| compile (Maglev rings) | {:.1} | - | |", ms(c.compile));
+    let _ = writeln!(s, "| compile (Maglev rings) | {:.1} | - | |", ms(v.compile));
     let _ = writeln!(
         s,
         "| program the kernel (BPF maps / iptables-restore) | {:.1} | {:.1} | {:.1}x |",
-        ms(c.program),
-        ms(c.restore),
-        ms(c.restore) / ms(c.program)
+        ms(v.program),
+        ms(c.restore()),
+        ms(c.restore()) / ms(v.program)
     );
     let _ = writeln!(
         s,
         "| **total** | **{:.1}** | **{:.1}** | **{:.1}x** |\n",
-        ms(c.vipr()),
+        ms(v.total()),
         ms(c.kube_proxy()),
-        ms(c.kube_proxy()) / ms(c.vipr())
+        ratio
+    );
+    let list = |d: &mut dyn Iterator<Item = Duration>| {
+        d.map(|d| format!("{:.0}", ms(d))).collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "Each side ran {} times from nothing, and the table shows its median run: vipr in a new \
+         process with newly loaded maps each time (totals {} ms), iptables-restore into a new \
+         namespace each time ({} ms).\n",
+        c.runs.len(),
+        list(&mut c.runs.iter().map(Stages::total)),
+        list(&mut c.restores.iter().copied()),
     );
     let _ = writeln!(
         s,
@@ -591,8 +694,8 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
          bytes a slot, a quarter of headroom a ring so one that grows a little is rewritten in \
          place). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel memory not \
          counted).\n",
-        if ms(c.kube_proxy()) / ms(c.vipr()) >= 100.0 { "met" } else { "not met" },
-        ms(c.kube_proxy()) / ms(c.vipr()),
+        if ratio >= 100.0 { "met" } else { "not met" },
+        ratio,
         mib(c.objects_rss),
         mib(c.vipr_rss),
         mib(c.ring_bytes),

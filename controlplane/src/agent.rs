@@ -103,18 +103,27 @@ fn desired(cfg: &Config, sources: &Sources) -> Result<vipr_dataplane::tables::De
     Ok(d)
 }
 
-/// What the agent watches for changes: the config file's and every manifest's mtime.
-fn fingerprint(path: &Path, sources: &Sources) -> Vec<(PathBuf, Option<SystemTime>)> {
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut v = vec![(path.to_path_buf(), mtime(path))];
+/// What the agent watches for changes: the config file's and every manifest's mtime,
+/// size and inode. (The mtime alone can miss a write: a file truncated and then written
+/// within one tick of the clock changes its mtime once, and the agent may have read it
+/// empty in between.)
+type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
+
+fn fingerprint(path: &Path, sources: &Sources) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let stat = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len(), m.ino()))
+    };
+    let mut v = vec![(path.to_path_buf(), stat(path))];
     if let Some(dir) = &sources.manifests {
-        v.push((dir.clone(), mtime(dir)));
+        v.push((dir.clone(), stat(dir)));
         if let Ok(entries) = std::fs::read_dir(dir) {
             let mut files: Vec<PathBuf> =
                 entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             v.extend(files.into_iter().map(|f| {
-                let t = mtime(&f);
+                let t = stat(&f);
                 (f, t)
             }));
         }
@@ -155,24 +164,31 @@ pub struct Shared {
 
 impl Shared {
     pub fn status(&self) -> Result<Status> {
+        // The agent's figures first, the dataplane's after: a change counted here is
+        // then in the tables shown (the agent counts it once programmed). The other way
+        // round, a change programmed while the snapshot waited for the lock was counted
+        // but not shown.
+        let ready = self.ready.load(Ordering::Relaxed);
+        let reconcile_errors = self.reconcile_errors.load(Ordering::Relaxed);
+        let programming = {
+            let h = self.latency.lock().unwrap();
+            let ms = |us: u64| us as f64 / 1000.0;
+            (!h.is_empty()).then(|| LatencyStatus {
+                count: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            })
+        };
         let dp = self.dataplane.lock().unwrap();
         let mut s =
             status::from_snapshot(&self.instance, dp.kind(), &dp.attach_mode(), &dp.snapshot()?);
         drop(dp);
         s.pinned_at = self.pinned_at.clone();
-        s.ready = self.ready.load(Ordering::Relaxed);
+        s.ready = ready;
         s.sources = self.sources.clone();
-        s.reconcile_errors = self.reconcile_errors.load(Ordering::Relaxed);
-        let h = self.latency.lock().unwrap();
-        if !h.is_empty() {
-            let ms = |us: u64| us as f64 / 1000.0;
-            s.programming = Some(LatencyStatus {
-                count: h.len(),
-                p50_ms: ms(h.value_at_quantile(0.5)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
-            });
-        }
+        s.reconcile_errors = reconcile_errors;
+        s.programming = programming;
         Ok(s)
     }
 
@@ -748,4 +764,61 @@ pub fn offline_status(instance: &str) -> Result<Status> {
 /// Compiles a config as `vipr run` would, without touching the kernel (for tests).
 pub fn compile(cfg: &Config, sources: &Sources) -> Result<Tables> {
     Ok(Compiler::default().compile(&desired(cfg, sources)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Flow, Snapshot};
+    use std::sync::Weak;
+    use vipr_dataplane::tables::{Tables, TablesChanges};
+
+    /// A dataplane whose snapshot shows the tables from before a change that the agent
+    /// programs and counts while the status is being built.
+    struct ChangedMeanwhile(Weak<Shared>);
+
+    impl Dataplane for ChangedMeanwhile {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn attach_mode(&self) -> String {
+            "none".into()
+        }
+        fn start(&mut self, _: &Config) -> Result<()> {
+            Ok(())
+        }
+        fn program(&mut self, _: &Tables, _: &TablesChanges) -> Result<vipr_xdp::ProgramReport> {
+            Ok(Default::default())
+        }
+        fn programmed(&self) -> Option<&Tables> {
+            None
+        }
+        fn snapshot(&self) -> Result<Snapshot> {
+            let shared = self.0.upgrade().expect("the test holds it");
+            shared.record_latency(Instant::now());
+            Ok(Snapshot::default())
+        }
+        fn flows(&self) -> Result<Vec<Flow>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn status_never_counts_a_change_its_tables_do_not_show() {
+        let shared = Arc::new_cyclic(|me| Shared {
+            instance: "test".into(),
+            dataplane: Mutex::new(Box::new(ChangedMeanwhile(me.clone()))),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()),
+            prom_latency: metrics::latency_histogram(),
+            ready: AtomicBool::new(false),
+            reconcile_errors: AtomicU64::new(0),
+            sources: Vec::new(),
+            pinned_at: None,
+            pools: Mutex::new(Vec::new()),
+        });
+        let s = shared.status().unwrap();
+        assert!(s.programming.is_none(), "counted a change the snapshot predates: {s:?}");
+        let s = shared.status().unwrap();
+        assert_eq!(s.programming.map(|p| p.count), Some(1), "the change shows once programmed");
+    }
 }

@@ -87,18 +87,22 @@ const SLOTS_PER_BACKEND: u64 = 100;
 /// prime; a ring needs `m >= 2` for its skip to be defined), so the cap wins over the
 /// floor when a caller configures a tiny maximum.
 pub fn ring_size(n_backends: usize, max: u32) -> u32 {
-    let cap = prev_prime(max.clamp(2, RING_SIZE_LIMIT));
+    let max = max.clamp(2, RING_SIZE_LIMIT);
     let wanted =
         (n_backends as u64).saturating_mul(SLOTS_PER_BACKEND).max(u64::from(RING_SIZE_FLOOR));
-    if wanted >= u64::from(cap) {
-        return cap;
+    // The first prime from `wanted`, if it is within `max` (then it is also within the
+    // largest prime `<= max`, which costs far more to find: every VIP of a cold start
+    // asks).
+    if wanted <= u64::from(max) {
+        let mut m = wanted as u32;
+        while m <= max {
+            if is_prime(m) {
+                return m;
+            }
+            m += 1;
+        }
     }
-    // `wanted < cap <= RING_SIZE_LIMIT`, and `cap` is prime: the search stops by `cap`.
-    let mut m = wanted as u32;
-    while !is_prime(m) {
-        m += 1;
-    }
-    m
+    prev_prime(max)
 }
 
 /// Largest prime `<= n`, for `n >= 2`.

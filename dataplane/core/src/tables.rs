@@ -76,7 +76,7 @@ pub struct Vip {
     pub info: VipInfo,
     pub key: VipKey,
     /// `[M, slot 0, .., slot M-1]`, slots holding backend ids (see `RING_HEADER_SLOTS`).
-    pub ring: Arc<[u32]>,
+    pub ring: Ring,
     pub source_ranges: Arc<[IpNet]>,
     pub spec: Arc<VipSpec>,
 }
@@ -91,6 +91,49 @@ impl Vip {
     pub fn slot(&self, hash: u32) -> u32 {
         let m = self.ring[0];
         self.ring[(RING_HEADER_SLOTS + ring_index(hash, m)) as usize]
+    }
+}
+
+/// A VIP's ring, read as its slots. The rings of one bulk build (a cold start: thousands)
+/// share one allocation, on huge pages where the kernel gives them (a few page faults
+/// instead of one a ring), which is freed with the last of them: at worst it holds what
+/// that build needed.
+#[derive(Clone)]
+pub struct Ring {
+    memory: Arc<Vec<u32>>,
+    at: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn alone(slots: Vec<u32>) -> Ring {
+        let len = slots.len();
+        Ring { memory: Arc::new(slots), at: 0, len }
+    }
+
+    /// The same ring, not merely equal slots (an unchanged ring is not written again).
+    pub fn same(a: &Ring, b: &Ring) -> bool {
+        Arc::ptr_eq(&a.memory, &b.memory) && a.at == b.at
+    }
+}
+
+impl std::ops::Deref for Ring {
+    type Target = [u32];
+    #[inline]
+    fn deref(&self) -> &[u32] {
+        &self.memory[self.at..self.at + self.len]
+    }
+}
+
+impl PartialEq for Ring {
+    fn eq(&self, other: &Ring) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
@@ -193,9 +236,11 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
     }
 
     fn get_or_alloc(&mut self, key: K) -> Option<u32> {
-        if let Some(&id) = self.ids.get(&key) {
-            return Some(id);
-        }
+        // One hash a key (a cold start asks for every backend).
+        let free = match self.ids.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(e) => return Some(*e.get()),
+            hashbrown::hash_map::Entry::Vacant(e) => e,
+        };
         let id = match self.free.pop() {
             Some(id) => id,
             None if self.next < self.limit => {
@@ -204,7 +249,7 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
             }
             None => return None,
         };
-        self.ids.insert(key, id);
+        free.insert(id);
         Some(id)
     }
 
@@ -357,16 +402,19 @@ impl Compiler {
         }
         let wanted: hashbrown::HashSet<VipKey> = desired.vips.iter().map(VipSpec::key).collect();
         if !self.synced {
-            // Adopted ids the desired state does not use are free from now on.
-            let wanted_backends: hashbrown::HashSet<BackendKey> = desired
-                .vips
-                .iter()
-                .flat_map(|v| {
-                    let k = v.key();
-                    v.backends.iter().map(move |b| (k, identity(b)))
-                })
-                .collect();
-            self.backend_ids.retain(|k| wanted_backends.contains(k));
+            // Adopted ids the desired state does not use are free from now on. (A cold
+            // start adopted none: no set of every backend for it.)
+            if !self.backend_ids.ids.is_empty() {
+                let wanted_backends: hashbrown::HashSet<BackendKey> = desired
+                    .vips
+                    .iter()
+                    .flat_map(|v| {
+                        let k = v.key();
+                        v.backends.iter().map(move |b| (k, identity(b)))
+                    })
+                    .collect();
+                self.backend_ids.retain(|k| wanted_backends.contains(k));
+            }
             self.vip_ids.retain(|k| wanted.contains(k));
             self.synced = true;
         }
@@ -449,67 +497,85 @@ impl Compiler {
             }
         }
 
-        // Ids and backend entries, in order; the rings they need are built after. (Room
-        // first: a cold start would otherwise rehash the maps a dozen times.)
+        // Ids and backend entries, in order; the rings they need are built meanwhile, on
+        // the other cores. (Room first: a cold start would otherwise rehash the maps a
+        // dozen times.)
         let backends: usize = upserts.iter().map(|s| s.backends.len()).sum();
         self.backend_ids.ids.reserve(backends);
         self.tables.vips.reserve(upserts.len());
         self.vips.reserve(upserts.len());
         let mut built = Vec::with_capacity(upserts.len());
-        for spec in upserts {
-            let key = spec.key();
-            let vip_id = self.vip_ids.get_or_alloc(key).expect("checked by check_ids");
-            let mut weighted = Vec::with_capacity(spec.backends.len());
-            let mut backends = Vec::with_capacity(spec.backends.len());
-            // A backend listed twice counts once, as its first listing says (a set only
-            // for large VIPs: a scan of a few is cheaper).
-            let mut seen: Option<hashbrown::HashSet<BackendIdentity>> =
-                (spec.backends.len() > 32).then(hashbrown::HashSet::new);
-            for b in &spec.backends {
-                let dup = match &mut seen {
-                    Some(set) => !set.insert(identity(b)),
-                    None => backends.iter().any(|(i, _, _)| *i == identity(b)),
-                };
-                if dup {
-                    continue;
-                }
-                let id = self.backend_ids.get_or_alloc((key, identity(b))).expect("checked");
-                let (addr, family) = addr_of(b.addr);
-                let info = BackendInfo {
-                    addr,
-                    port: b.port.to_be(),
-                    family,
-                    flags: if b.draining { BACKEND_F_DRAINING } else { 0 },
-                    vip_id,
-                };
-                put_backend(&mut self.tables.backends, id, info);
-                ch.backends.push(id);
-                backends.push((identity(b), id, info));
-                if !b.draining && b.weight > 0 {
-                    weighted.push(WeightedBackend { identity: identity(b), weight: b.weight, id });
-                }
-            }
-            weighted.sort_by_key(|w| w.identity);
-            let m = if weighted.is_empty() {
-                1
-            } else {
-                maglev::ring_size(weighted.len(), spec.ring_max)
+        // The most slots the rings can take: a backend may be listed twice, or weigh 0.
+        let bound = || {
+            let slots = |s: &&VipSpec| match s.backends.len() {
+                0 => 1,
+                n => maglev::ring_size(n, s.ring_max),
             };
-            let reuse = self.tables.vips.get(&key).filter(|v| {
-                v.ring_size() == m
-                    && self.vips.get(&key).is_some_and(|s| same_backends(&s.weighted, &weighted))
-            });
-            let ring = reuse.map(|v| v.ring.clone());
-            built.push((*spec, vip_id, backends, weighted, m, ring));
+            upserts.iter().map(|s| (slots(s) + RING_HEADER_SLOTS) as usize).sum()
+        };
+        let rings = build_rings((upserts.len() >= PARALLEL_RINGS).then(bound), |build| {
+            for spec in upserts {
+                let key = spec.key();
+                let vip_id = self.vip_ids.get_or_alloc(key).expect("checked by check_ids");
+                let mut weighted = Vec::with_capacity(spec.backends.len());
+                let mut backends = Vec::with_capacity(spec.backends.len());
+                // A backend listed twice counts once, as its first listing says (a set
+                // only for large VIPs: a scan of a few is cheaper).
+                let mut seen: Option<hashbrown::HashSet<BackendIdentity>> =
+                    (spec.backends.len() > 32).then(hashbrown::HashSet::new);
+                for b in &spec.backends {
+                    let dup = match &mut seen {
+                        Some(set) => !set.insert(identity(b)),
+                        None => backends.iter().any(|(i, _, _)| *i == identity(b)),
+                    };
+                    if dup {
+                        continue;
+                    }
+                    let id = self.backend_ids.get_or_alloc((key, identity(b))).expect("checked");
+                    let (addr, family) = addr_of(b.addr);
+                    let info = BackendInfo {
+                        addr,
+                        port: b.port.to_be(),
+                        family,
+                        flags: if b.draining { BACKEND_F_DRAINING } else { 0 },
+                        vip_id,
+                    };
+                    put_backend(&mut self.tables.backends, id, info);
+                    ch.backends.push(id);
+                    backends.push((identity(b), id, info));
+                    if !b.draining && b.weight > 0 {
+                        let identity = identity(b);
+                        weighted.push(WeightedBackend { identity, weight: b.weight, id });
+                    }
+                }
+                weighted.sort_by_key(|w| w.identity);
+                let m = if weighted.is_empty() {
+                    1
+                } else {
+                    maglev::ring_size(weighted.len(), spec.ring_max)
+                };
+                let reuse = self.tables.vips.get(&key).filter(|v| {
+                    v.ring_size() == m
+                        && self
+                            .vips
+                            .get(&key)
+                            .is_some_and(|s| same_backends(&s.weighted, &weighted))
+                });
+                let ring = reuse.map(|v| v.ring.clone());
+                if ring.is_none() {
+                    build(built.len(), &weighted, m);
+                }
+                built.push((*spec, vip_id, backends, weighted, m, ring));
+            }
+        });
+        self.rings_built = rings.len();
+        for (i, ring) in rings {
+            built[i].5 = Some(ring);
         }
-        let jobs: Vec<(&[WeightedBackend], u32)> =
-            built.iter().filter(|b| b.5.is_none()).map(|b| (b.3.as_slice(), b.4)).collect();
-        self.rings_built = jobs.len();
-        let mut rings = build_rings(&jobs).into_iter();
 
         for (spec, vip_id, backends, weighted, _, ring) in built {
             let key = spec.key();
-            let ring = ring.unwrap_or_else(|| rings.next().expect("one ring a job"));
+            let ring = ring.expect("reused or built");
             let vip = Vip {
                 info: vip_info(spec, vip_id),
                 key,
@@ -605,34 +671,104 @@ fn vip_info(spec: &VipSpec, vip_id: u32) -> VipInfo {
     }
 }
 
-/// `[M, slots..]` rings for `(backends, M)` jobs, in job order; many are built on every
-/// core (a cold start builds one per VIP).
-fn build_rings(jobs: &[(&[WeightedBackend], u32)]) -> Vec<Arc<[u32]>> {
-    let one = |&(weighted, m): &(&[WeightedBackend], u32)| -> Arc<[u32]> {
-        // Collected straight into the Arc's own allocation (no Vec to copy from).
-        let mut ring: Arc<[u32]> =
-            std::iter::repeat_n(0u32, (m + RING_HEADER_SLOTS) as usize).collect();
-        let slots = Arc::get_mut(&mut ring).expect("not shared yet");
-        slots[0] = m;
-        if weighted.is_empty() {
-            slots[1] = NO_BACKEND;
-        } else {
-            maglev::build_into(weighted, &mut slots[RING_HEADER_SLOTS as usize..]);
-        }
-        ring
-    };
+/// The `[M, slots..]` rings of the `(job, backends, M)` jobs that `produce` hands to
+/// the function it is given, each with its job. With `bulk` (the most slots the jobs can
+/// take), they are built into one allocation on the other cores while `produce` still
+/// runs (a cold start builds one a VIP, and assigns the next VIPs' ids meanwhile), then
+/// on this one too; else here, one by one, each in its own.
+fn build_rings(
+    bulk: Option<usize>,
+    produce: impl FnOnce(&mut dyn FnMut(usize, &[WeightedBackend], u32)),
+) -> Vec<(usize, Ring)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if jobs.len() < PARALLEL_RINGS || threads < 2 {
-        return jobs.iter().map(one).collect();
+    let Some(bound) = bulk.filter(|_| threads > 1) else {
+        let mut rings = Vec::new();
+        produce(&mut |job, weighted, m| {
+            let mut slots = vec![0; (m + RING_HEADER_SLOTS) as usize];
+            fill_ring(weighted, m, &mut slots);
+            rings.push((job, Ring::alone(slots)));
+        });
+        return rings;
+    };
+    type Batch<'a> = Vec<(&'a mut [u32], Vec<WeightedBackend>, u32)>;
+    const BATCH: usize = 32;
+    let mut memory = huge_zeroed(bound);
+    let mut placed = Vec::new();
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+        let rx = std::sync::Mutex::new(rx);
+        std::thread::scope(|s| {
+            let build_all = || loop {
+                // The lock is held while waiting (another builder would wait for the next
+                // batch anyway), not while building.
+                let batch = rx.lock().expect("ring building does not panic").recv();
+                let Ok(batch) = batch else { return };
+                for (slots, weighted, m) in batch {
+                    fill_ring(&weighted, m, slots);
+                }
+            };
+            let builders: Vec<_> = (1..threads).map(|_| s.spawn(build_all)).collect();
+            let (mut free, mut at) = (&mut memory[..], 0);
+            let mut batch = Vec::with_capacity(BATCH);
+            produce(&mut |job, weighted, m| {
+                let len = (m + RING_HEADER_SLOTS) as usize;
+                let (slots, rest) = std::mem::take(&mut free).split_at_mut(len);
+                free = rest;
+                placed.push((job, at, len));
+                at += len;
+                batch.push((slots, weighted.to_vec(), m));
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    tx.send(full).expect("the builders run until the sender is dropped");
+                }
+            });
+            if !batch.is_empty() {
+                tx.send(batch).expect("the builders run until the sender is dropped");
+            }
+            drop(tx);
+            build_all();
+            for b in builders {
+                b.join().expect("ring building does not panic");
+            }
+        });
     }
-    let chunk = jobs.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
-            .collect();
-        parts.into_iter().flat_map(|p| p.join().expect("ring building does not panic")).collect()
-    })
+    let used = placed.iter().map(|&(_, at, len)| at + len).max().unwrap_or(0);
+    memory.truncate(used);
+    memory.shrink_to_fit();
+    let memory = Arc::new(memory);
+    placed
+        .into_iter()
+        .map(|(job, at, len)| (job, Ring { memory: memory.clone(), at, len }))
+        .collect()
+}
+
+/// `len` zeroed slots, on huge pages where the kernel has them (a fresh allocation this
+/// large is mapped for it and not touched yet, so each first write would fault a page).
+#[allow(unsafe_code)] // one madvise
+fn huge_zeroed(len: usize) -> Vec<u32> {
+    let memory = vec![0u32; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (memory.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (memory.as_ptr() as usize + len * 4) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: advice on whole pages inside the allocation; it changes how they
+            // are backed, not their contents. Without huge pages it fails, harmlessly.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    memory
+}
+
+/// Writes the `[M, slots..]` ring of `m` slots over `weighted` into `out`.
+fn fill_ring(weighted: &[WeightedBackend], m: u32, out: &mut [u32]) {
+    out[0] = m;
+    if weighted.is_empty() {
+        out[1] = NO_BACKEND;
+    } else {
+        maglev::build_into(weighted, &mut out[RING_HEADER_SLOTS as usize..]);
+    }
 }
 
 /// Refuses a VIP listed twice, and any VIP [`check_vip`] refuses.
@@ -853,6 +989,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_bulk_build_gives_the_rings_one_at_a_time_builds_give() {
+        // VIPs of 0 to 12 backends, some listed twice, some draining or weightless.
+        let spec = |p: u16| {
+            let hosts: Vec<(String, bool)> = (0..p % 13)
+                .map(|j| (format!("192.0.2.{}", 1 + (p + j * 7) % 200), (p + j).is_multiple_of(5)))
+                .collect();
+            let refs: Vec<(&str, bool)> = hosts.iter().map(|(a, d)| (a.as_str(), *d)).collect();
+            let mut v = vip(1000 + p, &refs);
+            if let Some(b) = v.backends.first().cloned() {
+                v.backends.push(b);
+            }
+            if let Some(b) = v.backends.get_mut(1) {
+                b.weight = 0;
+            }
+            v
+        };
+        let vips: Vec<VipSpec> = (0..3 * PARALLEL_RINGS as u16).map(spec).collect();
+        let mut bulk = Compiler::default();
+        bulk.update(&vips, &[]).unwrap();
+        assert_eq!(bulk.rings_built, vips.len());
+        let mut one_by_one = Compiler::default();
+        for chunk in vips.chunks(PARALLEL_RINGS / 4) {
+            one_by_one.update(chunk, &[]).unwrap();
+        }
+        assert_eq!(meaning(bulk.tables()), meaning(one_by_one.tables()));
+        let shared = bulk.tables().vips.values().all(|v| {
+            let first = &bulk.tables().vips[&vips[0].key()].ring;
+            Arc::ptr_eq(&v.ring.memory, &first.memory)
+        });
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(shared, cores > 1, "a bulk build shares one allocation on several cores");
     }
 
     #[test]

@@ -16,10 +16,9 @@ use crate::{map_err, Error, Limits, Maps, Result};
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use vipr_abi::maps as names;
 use vipr_abi::*;
-use vipr_dataplane::tables::{Tables, TablesChanges};
+use vipr_dataplane::tables::{Ring, Tables, TablesChanges};
 
 /// What one `program` call wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +41,7 @@ pub struct Programmer {
 }
 
 /// A VIP as programmed: its info, and its ring when this programmer wrote it.
-type ProgrammedVip = (VipInfo, Option<Arc<[u32]>>);
+type ProgrammedVip = (VipInfo, Option<Ring>);
 type RangeKey = (u32, SourceRangeKey);
 type HopKey = (u32, NextHopKey);
 
@@ -145,7 +144,7 @@ impl Programmer {
             let old = prev_vip(key);
             let same_ring = old.is_some_and(|(info, ring)| {
                 info.vip_id == vip.info.vip_id
-                    && ring.as_ref().is_some_and(|r| Arc::ptr_eq(r, &vip.ring))
+                    && ring.as_ref().is_some_and(|r| Ring::same(r, &vip.ring))
             });
             if !same_ring {
                 rings.push(ring_write(vip));
@@ -342,7 +341,7 @@ impl Programmer {
         for key in &ch.vips {
             let vip = &t.vips[key];
             let same_ring = prev.vips.get(key).is_some_and(|o| {
-                o.info.vip_id == vip.info.vip_id && Arc::ptr_eq(&o.ring, &vip.ring)
+                o.info.vip_id == vip.info.vip_id && Ring::same(&o.ring, &vip.ring)
             });
             if !same_ring {
                 rings.push(ring_write(vip));
