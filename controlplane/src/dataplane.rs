@@ -114,12 +114,9 @@ pub fn maps_snapshot(maps: &Maps) -> Result<Snapshot> {
         .enumerate()
         .filter_map(|(id, b)| b.ok().filter(|b| b.family != 0).map(|b| (id as u32, b)))
         .collect();
-    let vips = maps
-        .vips
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(k, i)| (k, i, maps.ring_size(&i).unwrap_or(0)))
-        .collect();
+    let entries: Vec<(VipKey, VipInfo)> = maps.vips.iter().filter_map(|r| r.ok()).collect();
+    let sizes = maps.ring_sizes(entries.iter().map(|(_, i)| i));
+    let vips = entries.into_iter().zip(sizes).map(|((k, i), m)| (k, i, m.unwrap_or(0))).collect();
     let ct = maps.conntrack_summary();
     Ok(Snapshot {
         vips,

@@ -204,9 +204,17 @@ impl Maps {
         if at >= slots {
             return None;
         }
-        let m = crate::sys::PoolMemory::map(pool, at, 1).ok()?.read(at);
-        let fits = at + m as usize + (vipr_abi::RING_HEADER_SLOTS as usize) <= slots;
-        fits.then_some(m)
+        let memory = crate::sys::PoolMemory::map(pool, at, 1).ok()?;
+        ring_size_at(&memory, info, slots)
+    }
+
+    /// [`Maps::ring_size`] of many VIPs, with one mapping of the pool (a status of 10k
+    /// VIPs would otherwise map it 10k times, holding up the agent meanwhile).
+    pub fn ring_sizes<'a>(&self, infos: impl IntoIterator<Item = &'a VipInfo>) -> Vec<Option<u32>> {
+        let pool = self.ring_pool.as_ref().map(|p| p.as_fd());
+        let slots = pool.and_then(|p| crate::ring_pool::slots(p).ok()).unwrap_or(0);
+        let memory = pool.and_then(|p| crate::sys::PoolMemory::map(p, 0, slots).ok());
+        infos.into_iter().map(|info| ring_size_at(memory.as_ref()?, info, slots)).collect()
     }
 
     /// Every conntrack entry (a snapshot; the packet path keeps changing it), read in
@@ -266,4 +274,16 @@ fn sum_stats(map: &PerCpuArray<MapData, Stats>, name: &'static str) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+/// M of the ring at `info`'s offset, when `memory` (a window of a pool of `slots`
+/// slots) holds it and the pool holds all of the ring.
+fn ring_size_at(memory: &crate::sys::PoolMemory, info: &VipInfo, slots: usize) -> Option<u32> {
+    let at = info.ring_offset as usize;
+    if at >= slots || !memory.holds(at) {
+        return None;
+    }
+    let m = memory.read(at);
+    let fits = at + m as usize + (vipr_abi::RING_HEADER_SLOTS as usize) <= slots;
+    fits.then_some(m)
 }

@@ -294,6 +294,11 @@ impl PoolMemory {
         self.window.at(at * 4).cast()
     }
 
+    /// Whether slot `i` is inside the window.
+    pub fn holds(&self, i: usize) -> bool {
+        (self.first..self.end).contains(&i)
+    }
+
     /// Slot `i`, inside the window.
     pub fn read(&self, i: usize) -> u32 {
         // SAFETY: inside the window, checked by `slots`.

@@ -158,6 +158,11 @@ fn assert_maps_hold(xdp: &Xdp, t: &Tables, rings: &[VipKey], step: usize) {
         let ring = xdp.maps.ring(&info).expect("the pool holds the ring");
         assert_eq!(ring, vip.ring.to_vec(), "step {step}: ring of {:?}", vip.key);
     }
+    // What status shows: every VIP's M, read with one mapping of the pool.
+    let infos: Vec<_> = t.vips.values().map(|v| xdp.maps.vips.get(&v.key, 0).unwrap()).collect();
+    let sizes = xdp.maps.ring_sizes(&infos);
+    let want: Vec<_> = t.vips.values().map(|v| Some(v.ring_size())).collect();
+    assert_eq!(sizes, want, "step {step}: ring sizes");
 }
 
 #[test]
