@@ -6,8 +6,9 @@
 //!   (Maglev rings) -> program. Wall time per stage and the growth of this process's RSS,
 //!   against rendering kube-proxy's iptables rule set for the same Services
 //!   (kube_proxy.rs) and `iptables-restore` of it into an empty scratch netns. Each side
-//!   runs three times from nothing (vipr in a new process each time, as an agent that
-//!   starts is; iptables-restore into a new netns each time) and the median run counts.
+//!   runs five times from nothing (vipr in a new process each time, as an agent that
+//!   starts is; iptables-restore into a new netns each time), 3 s apart, and the median
+//!   run counts.
 //! - One endpoint change at 1k and at 10k Services: event-to-programmed latency
 //!   percentiles (hdrhistogram). An event is one EndpointSlice whose endpoint moves to
 //!   another address; from then until the programmer returns: translate the changed
@@ -53,7 +54,7 @@ pub fn suite(smoke: bool, machine: &str) -> Result<String> {
     let sizes = if smoke {
         Sizes { large: 50, small: 20, events: (20, 5, 3), cold_runs: 1 }
     } else {
-        Sizes { large: 10_000, small: 1_000, events: (1_000, 50, 30), cold_runs: 3 }
+        Sizes { large: 10_000, small: 1_000, events: (1_000, 50, 30), cold_runs: 5 }
     };
     let (mut world, cold) = World::cold(sizes.large, sizes.cold_runs)?;
     let large = one_change(&mut world, sizes.events)?;
@@ -270,6 +271,10 @@ pub fn cold_run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The pause before each cold run after the first: the kernel frees what the last run
+/// left (its maps, or its namespace's rules) in the background, on the same cores.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// A cold run in a new process.
 fn cold_run_elsewhere(n: usize) -> Result<Stages> {
     let out = Command::new(std::env::current_exe()?)
@@ -301,6 +306,7 @@ impl World {
             (vipr.programmer.ring_bytes(), vipr.programmer.ring_pool_bytes());
         let mut vipr_runs = vec![first];
         for _ in 1..runs {
+            std::thread::sleep(SETTLE);
             vipr_runs.push(cold_run_elsewhere(n)?);
         }
 
@@ -315,6 +321,7 @@ impl World {
         netns.check_service(n - 1, &kp[n - 1])?;
         let mut restores = vec![restore];
         for run in 1..runs {
+            std::thread::sleep(SETTLE);
             let scratch = Netns::new(&format!("vipr-bench-prog-{n}-{run}"))?;
             let (restore, _) = scratch.restore(&rules, &[])?;
             eprintln!(
@@ -678,10 +685,11 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
     };
     let _ = writeln!(
         s,
-        "Each side ran {} times from nothing, and the table shows its median run: vipr in a new \
-         process with newly loaded maps each time (totals {} ms), iptables-restore into a new \
-         namespace each time ({} ms).\n",
+        "Each side ran {} times from nothing, {} s apart, and the table shows its median run: \
+         vipr in a new process with newly loaded maps each time (totals {} ms), \
+         iptables-restore into a new namespace each time ({} ms).\n",
         c.runs.len(),
+        SETTLE.as_secs(),
         list(&mut c.runs.iter().map(Stages::total)),
         list(&mut c.restores.iter().copied()),
     );

@@ -95,9 +95,8 @@ impl Vip {
 }
 
 /// A VIP's ring, read as its slots. The rings of one bulk build (a cold start: thousands)
-/// share one allocation, on huge pages where the kernel gives them (a few page faults
-/// instead of one a ring), which is freed with the last of them: at worst it holds what
-/// that build needed.
+/// share one allocation, freed with the last of them: at worst it holds what that build
+/// needed.
 #[derive(Clone)]
 pub struct Ring {
     memory: Arc<Vec<u32>>,
@@ -692,7 +691,7 @@ fn build_rings(
     };
     type Batch<'a> = Vec<(&'a mut [u32], Vec<WeightedBackend>, u32)>;
     const BATCH: usize = 32;
-    let mut memory = huge_zeroed(bound);
+    let mut memory = vec![0u32; bound];
     let mut placed = Vec::new();
     {
         let (tx, rx) = std::sync::mpsc::channel::<Batch>();
@@ -740,25 +739,6 @@ fn build_rings(
         .into_iter()
         .map(|(job, at, len)| (job, Ring { memory: memory.clone(), at, len }))
         .collect()
-}
-
-/// `len` zeroed slots, on huge pages where the kernel has them (a fresh allocation this
-/// large is mapped for it and not touched yet, so each first write would fault a page).
-#[allow(unsafe_code)] // one madvise
-fn huge_zeroed(len: usize) -> Vec<u32> {
-    let memory = vec![0u32; len];
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (memory.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (memory.as_ptr() as usize + len * 4) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: advice on whole pages inside the allocation; it changes how they
-            // are backed, not their contents. Without huge pages it fails, harmlessly.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    memory
 }
 
 /// Writes the `[M, slots..]` ring of `m` slots over `weighted` into `out`.

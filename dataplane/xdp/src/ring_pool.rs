@@ -159,10 +159,11 @@ impl RingPool {
             }
         };
         p.reclaim(Instant::now());
+        // Where each ring goes, and whether programs may be reading it there.
         let mut places = Vec::with_capacity(rings.len());
         for r in rings {
             match p.placed.get(&r.vip_id) {
-                Some(region) if region.len >= r.ring.len() => places.push(region.at),
+                Some(region) if region.len >= r.ring.len() => places.push((region.at, true)),
                 _ => {
                     let region = match p.alloc(r.capacity) {
                         Some(region) => region,
@@ -174,27 +175,33 @@ impl RingPool {
                     if let Some(old) = p.placed.insert(r.vip_id, region) {
                         p.quarantine.push_back((Instant::now(), old));
                     }
-                    places.push(region.at);
+                    places.push((region.at, false));
                 }
             }
         }
-        let write = |memory: &mut PoolMemory, r: &RingWrite, at: usize| {
-            memory.write_ring(at, r.ring, RING_HEADER_SLOTS as usize);
+        let write = |memory: &mut PoolMemory, r: &RingWrite, &(at, live): &(usize, bool)| {
+            if live {
+                memory.write_ring(at, r.ring, RING_HEADER_SLOTS as usize);
+            } else {
+                // No VIP entry names a new region yet (nor, after the quarantine, an old
+                // one): a plain copy.
+                memory.copy_in(at, r.ring);
+            }
         };
         let map = |first: usize, count: usize| {
             PoolMemory::map(p.fd.as_fd(), first, count)
                 .map_err(|source| Error::Io { path: names::RINGS.into(), source })
         };
         if rings.len() <= WINDOWS {
-            for (r, &at) in rings.iter().zip(&places) {
-                write(&mut map(at, r.ring.len())?, r, at);
+            for (r, place) in rings.iter().zip(&places) {
+                write(&mut map(place.0, r.ring.len())?, r, place);
             }
         } else {
-            let first = *places.iter().min().expect("rings is not empty");
-            let end = rings.iter().zip(&places).map(|(r, at)| at + r.ring.len()).max();
+            let first = places.iter().map(|p| p.0).min().expect("rings is not empty");
+            let end = rings.iter().zip(&places).map(|(r, p)| p.0 + r.ring.len()).max();
             let mut memory = map(first, end.expect("rings is not empty") - first)?;
-            for (r, &at) in rings.iter().zip(&places) {
-                write(&mut memory, r, at);
+            for (r, place) in rings.iter().zip(&places) {
+                write(&mut memory, r, place);
             }
         }
         Ok(())
