@@ -269,9 +269,13 @@ impl<K: Copy + Eq + core::hash::Hash> Ids<K> {
 
     /// Frees the id of `key`, if it has one.
     fn release(&mut self, key: &K) {
-        if let Some(id) = self.ids.remove(key) {
-            self.free.push(id);
-        }
+        let id = self.forget(key);
+        self.free.extend(id);
+    }
+
+    /// Takes `key`'s id away without freeing it (the caller frees it later).
+    fn forget(&mut self, key: &K) -> Option<u32> {
+        self.ids.remove(key)
     }
 
     /// Frees the ids of keys not in `keep`.
@@ -465,6 +469,7 @@ impl Compiler {
         self.check_ids(upserts, removes)?;
         self.rings_built = 0;
         let mut ch = TablesChanges::default();
+        let mut freed_vip_ids = Vec::new();
         for key in removes {
             if self.tables.vips.remove(key).is_some() {
                 let state = self.vips.remove(key).expect("a VIP in the tables has a state");
@@ -472,7 +477,10 @@ impl Compiler {
                     self.backend_ids.release(&(*key, b));
                     self.clear_backend(id, &mut ch);
                 }
-                self.vip_ids.release(key);
+                // Free for the next change, not this one: until the programmer removes
+                // its entry, the removed VIP's packets read the ring its id names, which
+                // a new VIP given that id would rewrite with its own backends.
+                freed_vip_ids.extend(self.vip_ids.forget(key));
                 self.count_addr(key, -1);
                 ch.removed.push(*key);
             }
@@ -515,7 +523,15 @@ impl Compiler {
         let rings = build_rings((upserts.len() >= PARALLEL_RINGS).then(bound), |build| {
             for spec in upserts {
                 let key = spec.key();
-                let vip_id = self.vip_ids.get_or_alloc(key).expect("checked by check_ids");
+                // A freed id only when no other is left (check_ids counted them free).
+                let vip_id = match self.vip_ids.get_or_alloc(key) {
+                    Some(id) => id,
+                    None => {
+                        let id = freed_vip_ids.pop().expect("checked by check_ids");
+                        self.vip_ids.ids.insert(key, id);
+                        id
+                    }
+                };
                 let mut weighted = Vec::with_capacity(spec.backends.len());
                 let mut backends = Vec::with_capacity(spec.backends.len());
                 // A backend listed twice counts once, as its first listing says (a set
@@ -567,6 +583,7 @@ impl Compiler {
                 built.push((*spec, vip_id, backends, weighted, m, ring));
             }
         });
+        self.vip_ids.free.extend(freed_vip_ids);
         self.rings_built = rings.len();
         for (i, ring) in rings {
             built[i].5 = Some(ring);
@@ -1003,6 +1020,27 @@ mod tests {
         });
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(shared, cores > 1, "a bulk build shares one allocation on several cores");
+    }
+
+    #[test]
+    fn a_vip_id_freed_by_a_change_is_taken_again_only_by_a_later_change() {
+        let one = |port: u16| vip(port, &[("192.0.2.21", false)]);
+        let mut c = Compiler::default();
+        c.update(&[one(80), one(81)], &[]).unwrap();
+        let freed = c.tables().vips[&one(80).key()].info.vip_id;
+        c.update(&[one(82)], &[one(80).key()]).unwrap();
+        assert_ne!(c.tables().vips[&one(82).key()].info.vip_id, freed);
+        c.update(&[one(83)], &[]).unwrap();
+        assert_eq!(c.tables().vips[&one(83).key()].info.vip_id, freed);
+
+        // With every id taken (of a smaller id space), a change that frees one can
+        // still use it.
+        let mut c = Compiler { vip_ids: Ids::new(8), ..Compiler::default() };
+        let all: Vec<VipSpec> = (0..8).map(|p| one(1000 + p)).collect();
+        c.update(&all, &[]).unwrap();
+        let freed = c.tables().vips[&all[7].key()].info.vip_id;
+        c.update(&[one(999)], &[all[7].key()]).unwrap();
+        assert_eq!(c.tables().vips[&one(999).key()].info.vip_id, freed);
     }
 
     #[test]

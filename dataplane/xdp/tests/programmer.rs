@@ -204,7 +204,7 @@ fn applying_only_the_changes_leaves_the_maps_as_the_tables_say() {
             compiler.update(&[], &[key]).unwrap()
         } else if rng.below(3) == 0 {
             // A Service's port changes: one VIP goes, one comes, in one change (the new
-            // one may take the old one's freed id, with the same source ranges).
+            // one may take an id an earlier step freed, never the old one's).
             let old = spec(&mut rng, port);
             let mut new = old.clone();
             new.port = 1000 + rng.below(40) as u16;
