@@ -504,14 +504,23 @@ impl Compiler {
             }
         }
 
-        // Ids and backend entries, in order; the rings they need are built meanwhile, on
-        // the other cores. (Room first: a cold start would otherwise rehash the maps a
-        // dozen times.)
+        // Ids, backend entries and VIP entries, in order; the rings they need are built
+        // meanwhile, on the other cores, and put in after. (Room first: a cold start
+        // would otherwise rehash the maps and grow the vectors a dozen times.)
         let backends: usize = upserts.iter().map(|s| s.backends.len()).sum();
         self.backend_ids.ids.reserve(backends);
         self.tables.vips.reserve(upserts.len());
         self.vips.reserve(upserts.len());
-        let mut built = Vec::with_capacity(upserts.len());
+        ch.backends.reserve(backends);
+        ch.vips.reserve(upserts.len());
+        let backends_len = self.tables.backends.len();
+        let room = (self.backend_ids.next as usize + backends).min(self.backend_ids.limit as usize);
+        if room > backends_len {
+            self.tables.backends.resize(room, EMPTY_BACKEND);
+        }
+        let mut backends_end = backends_len;
+        // The VIP each ring built is for, by job.
+        let mut jobs: Vec<VipKey> = Vec::new();
         // The most slots the rings can take: a backend may be listed twice, or weigh 0.
         let bound = || {
             let slots = |s: &&VipSpec| match s.backends.len() {
@@ -520,6 +529,7 @@ impl Compiler {
             };
             upserts.iter().map(|s| (slots(s) + RING_HEADER_SLOTS) as usize).sum()
         };
+        let unbuilt = Ring::alone(Vec::new());
         let rings = build_rings((upserts.len() >= PARALLEL_RINGS).then(bound), |build| {
             for spec in upserts {
                 let key = spec.key();
@@ -535,18 +545,19 @@ impl Compiler {
                 let mut weighted = Vec::with_capacity(spec.backends.len());
                 let mut backends = Vec::with_capacity(spec.backends.len());
                 // A backend listed twice counts once, as its first listing says (a set
-                // only for large VIPs: a scan of a few is cheaper).
+                // only for large VIPs: a scan of the listings before is cheaper).
                 let mut seen: Option<hashbrown::HashSet<BackendIdentity>> =
                     (spec.backends.len() > 32).then(hashbrown::HashSet::new);
-                for b in &spec.backends {
+                for (i, b) in spec.backends.iter().enumerate() {
+                    let me = identity(b);
                     let dup = match &mut seen {
-                        Some(set) => !set.insert(identity(b)),
-                        None => backends.iter().any(|(i, _, _)| *i == identity(b)),
+                        Some(set) => !set.insert(me),
+                        None => spec.backends[..i].iter().any(|e| identity(e) == me),
                     };
                     if dup {
                         continue;
                     }
-                    let id = self.backend_ids.get_or_alloc((key, identity(b))).expect("checked");
+                    let id = self.backend_ids.get_or_alloc((key, me)).expect("checked");
                     let (addr, family) = addr_of(b.addr);
                     let info = BackendInfo {
                         addr,
@@ -556,11 +567,11 @@ impl Compiler {
                         vip_id,
                     };
                     put_backend(&mut self.tables.backends, id, info);
+                    backends_end = backends_end.max(id as usize + 1);
                     ch.backends.push(id);
-                    backends.push((identity(b), id, info));
+                    backends.push((me, id, info));
                     if !b.draining && b.weight > 0 {
-                        let identity = identity(b);
-                        weighted.push(WeightedBackend { identity, weight: b.weight, id });
+                        weighted.push(WeightedBackend { identity: me, weight: b.weight, id });
                     }
                 }
                 weighted.sort_by_key(|w| w.identity);
@@ -576,34 +587,34 @@ impl Compiler {
                             .get(&key)
                             .is_some_and(|s| same_backends(&s.weighted, &weighted))
                 });
-                let ring = reuse.map(|v| v.ring.clone());
-                if ring.is_none() {
-                    build(built.len(), &weighted, m);
+                let ring = match reuse {
+                    Some(v) => v.ring.clone(),
+                    None => {
+                        build(jobs.len(), &weighted, m);
+                        jobs.push(key);
+                        unbuilt.clone()
+                    }
+                };
+                let vip = Vip {
+                    info: vip_info(spec, vip_id),
+                    key,
+                    ring,
+                    source_ranges: spec.source_ranges.iter().map(IpNet::trunc).collect(),
+                    spec: Arc::new((*spec).clone()),
+                };
+                if self.tables.vips.insert(key, vip).is_none() {
+                    self.count_addr(&key, 1);
                 }
-                built.push((*spec, vip_id, backends, weighted, m, ring));
+                self.vips.insert(key, VipState { backends, weighted });
+                ch.vips.push(key);
             }
         });
+        // Room not taken: the tables end at the highest backend id, as before.
+        self.tables.backends.truncate(backends_end);
         self.vip_ids.free.extend(freed_vip_ids);
         self.rings_built = rings.len();
-        for (i, ring) in rings {
-            built[i].5 = Some(ring);
-        }
-
-        for (spec, vip_id, backends, weighted, _, ring) in built {
-            let key = spec.key();
-            let ring = ring.expect("reused or built");
-            let vip = Vip {
-                info: vip_info(spec, vip_id),
-                key,
-                ring,
-                source_ranges: spec.source_ranges.iter().map(IpNet::trunc).collect(),
-                spec: Arc::new(spec.clone()),
-            };
-            if self.tables.vips.insert(key, vip).is_none() {
-                self.count_addr(&key, 1);
-            }
-            self.vips.insert(key, VipState { backends, weighted });
-            ch.vips.push(key);
+        for (job, ring) in rings {
+            self.tables.vips.get_mut(&jobs[job]).expect("inserted with its job").ring = ring;
         }
         Ok(ch)
     }

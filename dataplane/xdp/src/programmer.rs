@@ -40,6 +40,9 @@ pub struct Programmer {
     range_count: usize,
 }
 
+/// From this many rings in new regions, `program` writes them on another thread.
+const PARALLEL_FILL: usize = 256;
+
 /// A VIP as programmed: its info, and its ring when this programmer wrote it.
 type ProgrammedVip = (VipInfo, Option<Ring>);
 type RangeKey = (u32, SourceRangeKey);
@@ -118,10 +121,9 @@ impl Programmer {
                 writes.push((id as u32, new, old));
             }
         }
-        write_backends(maps, &writes)?;
         report.backends_written = writes.len();
 
-        // Rings, then VIPs.
+        // Rings (with the backends, see below), then VIPs.
         // What each VIP had: from the last snapshot, or (after a restart) from the maps.
         let read_vips: HashMap<VipKey, VipInfo> = match &prev {
             Some(_) => HashMap::new(),
@@ -151,7 +153,30 @@ impl Programmer {
             }
         }
         report.rings_written = rings.len();
-        RingPool::write(&mut self.rings, maps, &rings)?;
+        let places = RingPool::place(&mut self.rings, maps, &rings)?;
+        let mut mirror = None;
+        match &self.rings {
+            // Rings only in new regions, which no VIP entry names yet: written on another
+            // core while this one writes the backends and copies the tables (a cold start
+            // saves a third of its programming).
+            Some(pool) if rings.len() >= PARALLEL_FILL && places.iter().all(|p| !p.live) => {
+                let memory = std::thread::scope(|s| {
+                    let filling = s.spawn(|| pool.fill(&rings, &places));
+                    let backends = write_backends(maps, &writes);
+                    mirror = Some(t.clone());
+                    let memory = filling.join().expect("filling the ring pool does not panic");
+                    backends.and(memory)
+                })?;
+                // Unmapping a large window takes milliseconds that nothing waits for.
+                std::thread::spawn(move || drop(memory));
+            }
+            pool => {
+                write_backends(maps, &writes)?;
+                if let Some(pool) = pool {
+                    pool.fill(&rings, &places)?;
+                }
+            }
+        }
         let (mut keys, mut infos) = (Vec::new(), Vec::new());
         for (key, vip) in &t.vips {
             let info = self.placed(vip);
@@ -232,7 +257,7 @@ impl Programmer {
             pool.release_unused(|id| used.contains(&id));
         }
         self.range_count = ranges.len();
-        let mut mirror = t.clone();
+        let mut mirror = mirror.unwrap_or_else(|| t.clone());
         for vip in mirror.vips.values_mut() {
             vip.info = self.placed(vip);
         }

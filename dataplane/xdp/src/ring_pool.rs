@@ -29,6 +29,14 @@ const MIN_SLOTS: usize = 1 << 16;
 /// Above this many rings in one write, one mapping spans them all.
 const WINDOWS: usize = 16;
 
+/// Where a ring goes in the pool: slot `at`, and whether programs may be reading it
+/// there (`live`: its VIP's region, rewritten in place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub at: usize,
+    pub live: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Region {
     at: usize,
@@ -148,8 +156,23 @@ impl RingPool {
     /// through [`RingPool::offset`].
     /// Makes the pool if there is none yet.
     pub fn write(pool: &mut Option<Self>, maps: &mut Maps, rings: &[RingWrite]) -> Result<()> {
+        let places = RingPool::place(pool, maps, rings)?;
+        if let Some(p) = pool {
+            p.fill(rings, &places)?;
+        }
+        Ok(())
+    }
+
+    /// The first half of [`RingPool::write`]: where each of `rings` goes, and whether
+    /// programs may be reading it there (its VIP's region holds it: rewritten in place).
+    /// The pool grows here, if it must; nothing is written yet.
+    pub fn place(
+        pool: &mut Option<Self>,
+        maps: &mut Maps,
+        rings: &[RingWrite],
+    ) -> Result<Vec<Place>> {
         if rings.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let p = match pool {
             Some(p) => p,
@@ -159,11 +182,12 @@ impl RingPool {
             }
         };
         p.reclaim(Instant::now());
-        // Where each ring goes, and whether programs may be reading it there.
         let mut places = Vec::with_capacity(rings.len());
         for r in rings {
             match p.placed.get(&r.vip_id) {
-                Some(region) if region.len >= r.ring.len() => places.push((region.at, true)),
+                Some(region) if region.len >= r.ring.len() => {
+                    places.push(Place { at: region.at, live: true })
+                }
                 _ => {
                     let region = match p.alloc(r.capacity) {
                         Some(region) => region,
@@ -175,36 +199,43 @@ impl RingPool {
                     if let Some(old) = p.placed.insert(r.vip_id, region) {
                         p.quarantine.push_back((Instant::now(), old));
                     }
-                    places.push((region.at, false));
+                    places.push(Place { at: region.at, live: false });
                 }
             }
         }
-        let write = |memory: &mut PoolMemory, r: &RingWrite, &(at, live): &(usize, bool)| {
-            if live {
-                memory.write_ring(at, r.ring, RING_HEADER_SLOTS as usize);
+        Ok(places)
+    }
+
+    /// The second half of [`RingPool::write`]: writes `rings` where [`RingPool::place`]
+    /// put them. It reads only the pool, so it may run on another thread meanwhile; the
+    /// mappings it returns are unmapped when dropped (a few milliseconds at 10k rings).
+    pub fn fill(&self, rings: &[RingWrite], places: &[Place]) -> Result<Vec<PoolMemory>> {
+        let write = |memory: &mut PoolMemory, r: &RingWrite, place: &Place| {
+            if place.live {
+                memory.write_ring(place.at, r.ring, RING_HEADER_SLOTS as usize);
             } else {
                 // No VIP entry names a new region yet (nor, after the quarantine, an old
                 // one): a plain copy.
-                memory.copy_in(at, r.ring);
+                memory.copy_in(place.at, r.ring);
             }
         };
         let map = |first: usize, count: usize| {
-            PoolMemory::map(p.fd.as_fd(), first, count)
+            PoolMemory::map(self.fd.as_fd(), first, count)
                 .map_err(|source| Error::Io { path: names::RINGS.into(), source })
         };
         if rings.len() <= WINDOWS {
-            for (r, place) in rings.iter().zip(&places) {
-                write(&mut map(place.0, r.ring.len())?, r, place);
+            for (r, place) in rings.iter().zip(places) {
+                write(&mut map(place.at, r.ring.len())?, r, place);
             }
-        } else {
-            let first = places.iter().map(|p| p.0).min().expect("rings is not empty");
-            let end = rings.iter().zip(&places).map(|(r, p)| p.0 + r.ring.len()).max();
-            let mut memory = map(first, end.expect("rings is not empty") - first)?;
-            for (r, place) in rings.iter().zip(&places) {
-                write(&mut memory, r, place);
-            }
+            return Ok(Vec::new());
         }
-        Ok(())
+        let first = places.iter().map(|p| p.at).min().expect("rings is not empty");
+        let end = rings.iter().zip(places).map(|(r, p)| p.at + r.ring.len()).max();
+        let mut memory = map(first, end.expect("rings is not empty") - first)?;
+        for (r, place) in rings.iter().zip(places) {
+            write(&mut memory, r, place);
+        }
+        Ok(vec![memory])
     }
 
     /// Copies the pool into one with room for `more` slots more (at least twice the

@@ -264,6 +264,36 @@ fn a_full_ring_pool_grows_and_every_ring_keeps_its_place() {
 }
 
 #[test]
+fn a_cold_start_of_hundreds_of_vips_leaves_every_ring_in_the_pool() {
+    // Enough rings that they are written on another thread, meanwhile the backends.
+    let limits = Limits { vips: 512, backends: 4096, conntrack_flows: 1024, ..Limits::default() };
+    let mut xdp = Xdp::load(limits, None).unwrap();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let vips: Vec<VipSpec> = (0..400u16)
+        .map(|p| {
+            let mut s = state(rng.below(9) as usize).vips.remove(0);
+            s.port = 3000 + p;
+            s
+        })
+        .collect();
+    let mut compiler = Compiler::default();
+    let mut programmer = Programmer::new();
+    let ch = compiler.sync(&DesiredState { vips: vips.clone(), ..Default::default() }).unwrap();
+    let report = programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    assert_eq!(report.rings_written, 400);
+    let all: Vec<VipKey> = compiler.tables().vips.keys().copied().collect();
+    assert_maps_hold(&xdp, compiler.tables(), &all, 0);
+    // And the next change finds them where the first put them.
+    let mut changed = vips;
+    for s in changed.iter_mut().step_by(7) {
+        s.backends.pop();
+    }
+    let ch = compiler.sync(&DesiredState { vips: changed, ..Default::default() }).unwrap();
+    programmer.apply(&mut xdp.maps, &xdp.limits, compiler.tables(), &ch).unwrap();
+    assert_maps_hold(&xdp, compiler.tables(), &all, 1);
+}
+
+#[test]
 fn a_restarted_programmer_finds_the_rings_where_they_are_and_rewrites_them_in_place() {
     let limits = Limits { vips: 256, backends: 4096, conntrack_flows: 1024, ..Limits::default() };
     let mut xdp = Xdp::load(limits, None).unwrap();
