@@ -113,15 +113,8 @@ impl Programmer {
             }
         };
         let len = t.backends.len().max(prev_backends.len()).min(limits.backends as usize);
-        let mut writes = Vec::new();
-        for id in 0..len {
-            let new = t.backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
-            let old = prev_backends.get(id).copied().unwrap_or(EMPTY_BACKEND);
-            if new != old {
-                writes.push((id as u32, new, old));
-            }
-        }
-        report.backends_written = writes.len();
+        let writes = BackendWrites::of(0..len as u32, &t.backends, prev_backends);
+        report.backends_written = writes.ids.len();
 
         // Rings (with the backends, see below), then VIPs.
         // What each VIP had: from the last snapshot, or (after a restart) from the maps.
@@ -162,7 +155,7 @@ impl Programmer {
             Some(pool) if rings.len() >= PARALLEL_FILL && places.iter().all(|p| !p.live) => {
                 let memory = std::thread::scope(|s| {
                     let filling = s.spawn(|| pool.fill(&rings, &places));
-                    let backends = write_backends(maps, &writes);
+                    let backends = writes.write(maps);
                     mirror = Some(t.clone());
                     let memory = filling.join().expect("filling the ring pool does not panic");
                     backends.and(memory)
@@ -171,7 +164,7 @@ impl Programmer {
                 std::thread::spawn(move || drop(memory));
             }
             pool => {
-                write_backends(maps, &writes)?;
+                writes.write(maps)?;
                 if let Some(pool) = pool {
                     pool.fill(&rings, &places)?;
                 }
@@ -343,22 +336,15 @@ impl Programmer {
         let mut ids = ch.backends.clone();
         ids.sort_unstable();
         ids.dedup();
-        let writes: Vec<(u32, BackendInfo, BackendInfo)> = ids
-            .iter()
-            .map(|&id| {
-                let new = t.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
-                let old = prev.backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND);
-                (id, new, old)
-            })
-            .filter(|(_, new, old)| new != old)
-            .collect();
-        write_backends(maps, &writes)?;
-        report.backends_written = writes.len();
+        let writes = BackendWrites::of(ids, &t.backends, &prev.backends);
+        writes.write(maps)?;
+        let written = writes.ids;
+        report.backends_written = written.len();
         if prev.backends.len() < t.backends.len() {
             prev.backends.resize(t.backends.len(), EMPTY_BACKEND);
         }
-        for &(id, info, _) in &writes {
-            prev.backends[id as usize] = info;
+        for id in written {
+            prev.backends[id as usize] = entry(&t.backends, id);
         }
 
         // Rings, then VIPs.
@@ -488,46 +474,70 @@ fn write_next_hops(
 /// Below this many new entries, one batch syscall is as cheap as a mapping.
 const MAPPED_BACKENDS: usize = 256;
 
-/// Writes backend entries `(id, new, old)`. Many entries that were empty go through a
-/// mapping of the array: every field but `family` first, then `family`, which marks an
-/// entry present (the program ignores an entry of family 0), so no packet uses a
-/// half-written one. Changed and cleared entries go in one batch syscall (the kernel
-/// copies each in place; a packet reading one meanwhile may see a mix, as with any array
-/// update). Maps that cannot be mapped take the batch syscall for everything.
-fn write_backends(maps: &Maps, writes: &[(u32, BackendInfo, BackendInfo)]) -> Result<()> {
-    let io = |source| Error::Io { path: names::BACKENDS.into(), source };
-    let (fresh, other): (Vec<_>, Vec<_>) =
-        writes.iter().partition(|(_, new, old)| old.family == 0 && new.family != 0);
-    let mapped = fresh.len() >= MAPPED_BACKENDS && write_mapped(maps, &fresh).is_ok();
-    let rest: Vec<_> = if mapped { other } else { writes.iter().collect() };
-    let ids: Vec<u32> = rest.iter().map(|w| w.0).collect();
-    let infos: Vec<BackendInfo> = rest.iter().map(|w| w.1).collect();
-    sys::update_batch(maps.backends_fd(), &ids, &infos).map_err(io)
+/// Backend entries to write. Many entries that were empty go through a mapping of the
+/// array: every field but `family` first, then `family`, which marks an entry present
+/// (the program ignores an entry of family 0), so no packet uses a half-written one.
+/// Changed and cleared entries go in one batch syscall (the kernel copies each in place;
+/// a packet reading one meanwhile may see a mix, as with any array update). Maps that
+/// cannot be mapped take the batch syscall for everything.
+struct BackendWrites<'a> {
+    /// The ids whose entry changes, ascending.
+    ids: Vec<u32>,
+    /// The entries by id, as they are to be and as the maps hold them.
+    new: &'a [BackendInfo],
+    old: &'a [BackendInfo],
 }
 
-/// The mapped half of `write_backends`.
-fn write_mapped(maps: &Maps, fresh: &[&(u32, BackendInfo, BackendInfo)]) -> std::io::Result<()> {
-    let (Some(first), Some(last)) =
-        (fresh.iter().map(|w| w.0).min(), fresh.iter().map(|w| w.0).max())
-    else {
-        return Ok(());
-    };
-    // The kernel lays values out round_up(size, 8) apart.
-    let stride = size_of::<BackendInfo>().next_multiple_of(8);
-    let start = first as usize * stride;
-    let len = (last - first + 1) as usize * stride;
-    let mut window = sys::MapWindow::map(maps.backends_fd(), start, len)?;
-    for &&(id, new, _) in fresh {
-        window.write(id as usize * stride, BackendInfo { family: 0, ..new });
+impl<'a> BackendWrites<'a> {
+    /// The ids of `ids` whose entry differs between `old` and `new` (only ids: a cold
+    /// start writes 100k entries, and fresh memory is what costs there).
+    fn of(
+        ids: impl IntoIterator<Item = u32>,
+        new: &'a [BackendInfo],
+        old: &'a [BackendInfo],
+    ) -> Self {
+        let ids = ids.into_iter().filter(|&id| entry(new, id) != entry(old, id)).collect();
+        BackendWrites { ids, new, old }
     }
-    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-    let family = std::mem::offset_of!(BackendInfo, family);
-    for &&(id, new, _) in fresh {
-        window.write(id as usize * stride + family, new.family);
+
+    fn write(&self, maps: &Maps) -> Result<()> {
+        let io = |source| Error::Io { path: names::BACKENDS.into(), source };
+        let fresh = |id: &u32| entry(self.old, *id).family == 0 && entry(self.new, *id).family != 0;
+        let mapped = self.ids.iter().filter(|id| fresh(id)).count() >= MAPPED_BACKENDS
+            && self.write_mapped(maps, &fresh).is_ok();
+        let rest = self.ids.iter().copied().filter(|id| !mapped || !fresh(id));
+        let (ids, infos): (Vec<u32>, Vec<BackendInfo>) =
+            rest.map(|id| (id, entry(self.new, id))).unzip();
+        sys::update_batch(maps.backends_fd(), &ids, &infos).map_err(io)
     }
-    // Before any ring slot that names them.
-    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-    Ok(())
+
+    /// The mapped half of [`Self::write`]: the entries `fresh` picks.
+    fn write_mapped(&self, maps: &Maps, fresh: &impl Fn(&u32) -> bool) -> std::io::Result<()> {
+        let mut ids = self.ids.iter().copied().filter(|id| fresh(id));
+        let Some(first) = ids.next() else { return Ok(()) };
+        let last = ids.last().unwrap_or(first);
+        // The kernel lays values out round_up(size, 8) apart.
+        let stride = size_of::<BackendInfo>().next_multiple_of(8);
+        let start = first as usize * stride;
+        let len = (last - first + 1) as usize * stride;
+        let mut window = sys::MapWindow::map(maps.backends_fd(), start, len)?;
+        for id in self.ids.iter().copied().filter(|id| fresh(id)) {
+            window.write(id as usize * stride, BackendInfo { family: 0, ..entry(self.new, id) });
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let family = std::mem::offset_of!(BackendInfo, family);
+        for id in self.ids.iter().copied().filter(|id| fresh(id)) {
+            window.write(id as usize * stride + family, entry(self.new, id).family);
+        }
+        // Before any ring slot that names them.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Backend `id`'s entry in `backends` (past the end: the empty entry).
+fn entry(backends: &[BackendInfo], id: u32) -> BackendInfo {
+    backends.get(id as usize).copied().unwrap_or(EMPTY_BACKEND)
 }
 
 const EMPTY_BACKEND: BackendInfo =

@@ -31,12 +31,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use vipr_abi::VipKey;
 
 /// From this many Services to translate again, they are shared out among the cores;
 /// below it, starting threads would cost more than it saves.
 const PARALLEL_FROM: usize = 256;
+
+/// Services a thread translates before it asks for more.
+const PART: usize = 64;
 
 /// No more threads than this, whatever the machine has: one translation is a few
 /// microseconds, so more would spend their time starting and merging.
@@ -483,33 +487,43 @@ impl Translator {
         if threads <= 1 {
             return dirty.iter().map(one).collect();
         }
-        let chunk = dirty.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let mut parts = dirty.chunks(chunk);
-            let mine = parts.next().unwrap_or_default();
-            // A thread that cannot be started leaves its part to this one.
-            let others: Vec<_> = parts
-                .map(|part| {
-                    let work = move || part.iter().map(one).collect::<Vec<_>>();
+        // Small parts handed out as the threads ask, so one that starts late or runs
+        // slower (a new thread's heap is fresh memory) leaves no other waiting.
+        let parts: Vec<&[usize]> = dirty.chunks(PART).collect();
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let at = next.fetch_add(1, Ordering::Relaxed);
+                let Some(part) = parts.get(at) else { return done };
+                done.push((at, part.iter().map(one).collect::<Vec<_>>()));
+            }
+        };
+        let mut done = std::thread::scope(|s| {
+            // A thread that cannot be started leaves its parts to the others.
+            let others: Vec<_> = (1..threads)
+                .filter_map(|_| {
                     std::thread::Builder::new()
                         .name("vipr-translate".into())
                         .spawn_scoped(s, work)
-                        .map_err(|_| part)
+                        .ok()
                 })
                 .collect();
-            let mut all = Vec::with_capacity(dirty.len());
-            all.extend(mine.iter().map(one));
+            let mut done = work();
             for other in others {
-                match other {
-                    Ok(thread) => match thread.join() {
-                        Ok(part) => all.extend(part),
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    },
-                    Err(part) => all.extend(part.iter().map(one)),
+                match other.join() {
+                    Ok(part) => done.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            all
-        })
+            done
+        });
+        done.sort_unstable_by_key(|(at, _)| *at);
+        let mut all = Vec::with_capacity(dirty.len());
+        for (_, part) in done {
+            all.extend(part);
+        }
+        all
     }
 
     /// The translation of entry `e`'s Service.
