@@ -296,8 +296,8 @@ type BackendKey = (VipKey, BackendIdentity);
 /// What the compiler knows of one VIP besides its entry in the tables.
 #[derive(Debug)]
 struct VipState {
-    /// Its backends: identity, id and what is programmed for them, in spec order.
-    backends: Vec<(BackendIdentity, u32, BackendInfo)>,
+    /// Its backends: identity and id, in spec order (their entries are in the tables).
+    backends: Vec<(BackendIdentity, u32)>,
     /// The backends its ring was built from (active ones, canonical order).
     weighted: Vec<WeightedBackend>,
 }
@@ -473,7 +473,7 @@ impl Compiler {
         for key in removes {
             if self.tables.vips.remove(key).is_some() {
                 let state = self.vips.remove(key).expect("a VIP in the tables has a state");
-                for &(b, id, _) in &state.backends {
+                for &(b, id) in &state.backends {
                     self.backend_ids.release(&(*key, b));
                     self.clear_backend(id, &mut ch);
                 }
@@ -495,8 +495,8 @@ impl Compiler {
             let gone: Vec<(BackendIdentity, u32)> = state
                 .backends
                 .iter()
-                .filter(|(b, _, _)| !kept.contains(b))
-                .map(|&(b, id, _)| (b, id))
+                .filter(|(b, _)| !kept.contains(b))
+                .copied()
                 .collect();
             for (b, id) in gone {
                 self.backend_ids.release(&(key, b));
@@ -569,7 +569,7 @@ impl Compiler {
                     put_backend(&mut self.tables.backends, id, info);
                     backends_end = backends_end.max(id as usize + 1);
                     ch.backends.push(id);
-                    backends.push((me, id, info));
+                    backends.push((me, id));
                     if !b.draining && b.weight > 0 {
                         weighted.push(WeightedBackend { identity: me, weight: b.weight, id });
                     }
@@ -648,7 +648,7 @@ impl Compiler {
             kept.dedup();
             if let Some(s) = self.vips.get(&key).filter(|_| !gone) {
                 freed +=
-                    s.backends.iter().filter(|(b, _, _)| kept.binary_search(b).is_err()).count();
+                    s.backends.iter().filter(|(b, _)| kept.binary_search(b).is_err()).count();
             }
             needed += kept
                 .iter()
