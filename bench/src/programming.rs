@@ -133,10 +133,10 @@ fn desired(inputs: &Inputs, opts: &Options) -> Result<DesiredState> {
 struct Cold {
     n: usize,
     rules: usize,
-    objects_rss: usize,
     /// Every run's stages; the first ran in this process, the others each in a new one.
     runs: Vec<Stages>,
-    vipr_rss: usize,
+    /// The memory of each run in a new process (of the first run, when it is the only one).
+    memory: Vec<Memory>,
     ring_bytes: usize,
     ring_pool_bytes: usize,
     render: Duration,
@@ -160,7 +160,26 @@ impl Stages {
     }
 }
 
+/// What a cold run's process grew its peak RSS by.
+#[derive(Clone, Copy)]
+struct Memory {
+    /// Building the objects (as the watchers' stores hold them).
+    objects: usize,
+    /// Translating, compiling and programming them.
+    vipr: usize,
+}
+
 impl Cold {
+    /// The median of each figure of `memory`.
+    fn memory(&self) -> Memory {
+        let median = |f: fn(&Memory) -> usize| {
+            let mut v: Vec<usize> = self.memory.iter().map(f).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        Memory { objects: median(|m| m.objects), vipr: median(|m| m.vipr) }
+    }
+
     /// The run of median total.
     fn vipr(&self) -> Stages {
         let mut runs = self.runs.clone();
@@ -257,26 +276,82 @@ fn objects(inputs: &Inputs) -> Objects {
 }
 
 /// `vipr-bench cold-run N`: one cold run of N Services in a process of its own (a new
-/// heap, as an agent that starts has), its stages printed in nanoseconds.
+/// heap, as an agent that starts has), its stages printed in nanoseconds, then what it
+/// grew the process's peak RSS by, in bytes.
 pub fn cold_run(args: &[String]) -> Result<()> {
     let n: usize = args.first().context("cold-run N")?.parse().context("cold-run N")?;
-    let (inputs, _) = cluster(n);
-    let (stages, _) = program_cold(n, &objects(&inputs))?;
+    let (stages, memory, _) = measured_cold_run(n)?;
     println!(
-        "{} {} {}",
+        "{} {} {} {} {}",
         stages.translate.as_nanos(),
         stages.compile.as_nanos(),
-        stages.program.as_nanos()
+        stages.program.as_nanos(),
+        memory.objects,
+        memory.vipr
     );
     Ok(())
 }
 
-/// The pause before each cold run after the first: the kernel frees what the last run
-/// left (its maps, or its namespace's rules) in the background, on the same cores.
-const SETTLE: Duration = Duration::from_secs(3);
+/// A cold run, and its memory. Peaks, not the RSS at the end: an allocator that keeps
+/// freed memory, or gives it back later, would make the RSS of one moment say little.
+/// Measured in a new process: in one that freed memory before (another suite), the
+/// objects would go into that and seem to take none.
+fn measured_cold_run(n: usize) -> Result<(Stages, Memory, Programmed)> {
+    let before = peak_rss_bytes();
+    // The kube-proxy half stays too, as in the first run: its memory freed meanwhile
+    // would be taken again by vipr's and go uncounted.
+    let (inputs, _kp) = cluster(n);
+    let objects = objects(&inputs);
+    let with_objects = peak_rss_bytes();
+    let (stages, programmed) = program_cold(n, &objects)?;
+    let memory = Memory {
+        objects: with_objects.saturating_sub(before),
+        vipr: peak_rss_bytes().saturating_sub(with_objects),
+    };
+    Ok((stages, memory, programmed))
+}
+
+/// Before each cold run after the first, the wait until the machine is idle again: the
+/// kernel frees what the last run left (its maps, or a namespace of 320k rules) in the
+/// background, on the same cores, for up to seconds. At least `SETTLE`, then until under
+/// `IDLE_BUSY` of the CPU time of `IDLE_WINDOW` is busy, at most `SETTLE_MAX`.
+const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE_MAX: Duration = Duration::from_secs(15);
+const IDLE_WINDOW: Duration = Duration::from_millis(250);
+const IDLE_BUSY: f64 = 0.05;
+
+fn settle() {
+    let start = Instant::now();
+    std::thread::sleep(SETTLE);
+    while start.elapsed() < SETTLE_MAX {
+        let (busy0, all0) = cpu_times();
+        std::thread::sleep(IDLE_WINDOW);
+        let (busy1, all1) = cpu_times();
+        if all1 <= all0 || ((busy1 - busy0) as f64) < IDLE_BUSY * (all1 - all0) as f64 {
+            return;
+        }
+    }
+}
+
+/// Busy and total CPU time of the machine so far, in ticks (`/proc/stat`).
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
 
 /// A cold run in a new process.
-fn cold_run_elsewhere(n: usize) -> Result<Stages> {
+fn cold_run_elsewhere(n: usize) -> Result<(Stages, Memory)> {
     let out = Command::new(std::env::current_exe()?)
         .args(["cold-run", &n.to_string()])
         .stderr(Stdio::inherit())
@@ -285,31 +360,35 @@ fn cold_run_elsewhere(n: usize) -> Result<Stages> {
     ensure!(out.status.success(), "vipr-bench cold-run {n} failed ({})", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
     let ns: Vec<u64> = text.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
-    let [translate, compile, program] = ns[..] else { bail!("cold-run printed {text:?}") };
+    let [translate, compile, program, objects, vipr] = ns[..] else {
+        bail!("cold-run printed {text:?}")
+    };
     let d = Duration::from_nanos;
-    Ok(Stages { translate: d(translate), compile: d(compile), program: d(program) })
+    let stages = Stages { translate: d(translate), compile: d(compile), program: d(program) };
+    Ok((stages, Memory { objects: objects as usize, vipr: vipr as usize }))
 }
 
 impl World {
     /// Programs `n` Services from cold both ways, timing each step, `runs` times each
     /// way; the first run of each stays for the changes.
     fn cold(n: usize, runs: usize) -> Result<(World, Cold)> {
-        let rss0 = rss_bytes();
+        let before = peak_rss_bytes();
         let (inputs, kp) = cluster(n);
         let objects = objects(&inputs);
-        let objects_rss = rss_bytes().saturating_sub(rss0);
-
-        let rss0 = rss_bytes();
+        let with_objects = peak_rss_bytes();
         let (first, vipr) = program_cold(n, &objects)?;
-        let vipr_rss = rss_bytes().saturating_sub(rss0);
+        // Good only when this process ran nothing before (see `measured_cold_run`): the
+        // runs in new processes replace it.
+        let first_memory = Memory {
+            objects: with_objects.saturating_sub(before),
+            vipr: peak_rss_bytes().saturating_sub(with_objects),
+        };
         let (ring_bytes, ring_pool_bytes) =
             (vipr.programmer.ring_bytes(), vipr.programmer.ring_pool_bytes());
         let mut vipr_runs = vec![first];
-        for _ in 1..runs {
-            std::thread::sleep(SETTLE);
-            vipr_runs.push(cold_run_elsewhere(n)?);
-        }
+        let mut memory = Vec::new();
 
+        settle();
         let start = Instant::now();
         let rules = kube_proxy::iptables_restore(&kp);
         let render = start.elapsed();
@@ -320,8 +399,14 @@ impl World {
         // Service's chains instead.
         netns.check_service(n - 1, &kp[n - 1])?;
         let mut restores = vec![restore];
+        // The other runs alternate, so both sides see the same spells of a machine
+        // whose speed drifts.
         for run in 1..runs {
-            std::thread::sleep(SETTLE);
+            settle();
+            let (stages, used) = cold_run_elsewhere(n)?;
+            vipr_runs.push(stages);
+            memory.push(used);
+            settle();
             let scratch = Netns::new(&format!("vipr-bench-prog-{n}-{run}"))?;
             let (restore, _) = scratch.restore(&rules, &[])?;
             eprintln!(
@@ -338,9 +423,8 @@ impl World {
         let cold = Cold {
             n,
             rules: rules.lines().filter(|l| l.starts_with("-A ")).count(),
-            objects_rss,
             runs: vipr_runs,
-            vipr_rss,
+            memory: if memory.is_empty() { vec![first_memory] } else { memory },
             ring_bytes,
             ring_pool_bytes,
             render,
@@ -613,11 +697,15 @@ impl Drop for Netns {
     }
 }
 
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
+/// This process's peak RSS so far (`VmHWM`).
+fn peak_rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
-        .map_or(0, |pages| pages * 4096)
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -685,27 +773,32 @@ fn report(smoke: bool, machine: &str, sizes: &Sizes, c: &Cold, changes: &[Change
     };
     let _ = writeln!(
         s,
-        "Each side ran {} times from nothing, {} s apart, and the table shows its median run: \
-         vipr in a new process with newly loaded maps each time (totals {} ms), \
-         iptables-restore into a new namespace each time ({} ms).\n",
+        "Each side ran {} times from nothing, the two sides taking turns, each run once the \
+         machine was idle again (at least {} s after the last; then under {:.0}% busy over {} \
+         ms), and the table shows each side's median run: vipr with newly loaded maps each \
+         time, after the first in a new process (totals {} ms), iptables-restore into a new \
+         namespace each time ({} ms).\n",
         c.runs.len(),
         SETTLE.as_secs(),
+        IDLE_BUSY * 100.0,
+        IDLE_WINDOW.as_millis(),
         list(&mut c.runs.iter().map(Stages::total)),
         list(&mut c.restores.iter().copied()),
     );
     let _ = writeln!(
         s,
-        "Goal: at least 100x faster: **{}** ({:.0}x). Memory: the objects took {:.0} MiB of RSS; \
-         translating, compiling and programming them grew this process's RSS by {:.0} MiB more \
-         (desired state, compiled tables, the programmer's copy of what is programmed); the rings \
+        "Goal: at least 100x faster: **{}** ({:.0}x). Memory (peak RSS of a run in a new \
+         process, median): the objects took {:.0} MiB; translating, compiling and programming \
+         them took {:.0} MiB more (desired state, compiled tables, the programmer's copy of what \
+         is programmed, and what the stages made and freed on the way); the rings \
          take {:.0} MiB of the kernel's ring pool of {:.0} MiB (made with the maps at load; 4 \
          bytes a slot, a quarter of headroom a ring so one that grows a little is rewritten in \
          place). iptables-restore peaked at {:.0} MiB RSS (the rules' kernel memory not \
          counted).\n",
         if ratio >= 100.0 { "met" } else { "not met" },
         ratio,
-        mib(c.objects_rss),
-        mib(c.vipr_rss),
+        mib(c.memory().objects),
+        mib(c.memory().vipr),
         mib(c.ring_bytes),
         mib(c.ring_pool_bytes),
         mib(c.restore_rss),

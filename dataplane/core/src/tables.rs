@@ -492,12 +492,8 @@ impl Compiler {
             let Some(state) = self.vips.get(&key) else { continue };
             let kept: hashbrown::HashSet<BackendIdentity> =
                 spec.backends.iter().map(identity).collect();
-            let gone: Vec<(BackendIdentity, u32)> = state
-                .backends
-                .iter()
-                .filter(|(b, _)| !kept.contains(b))
-                .copied()
-                .collect();
+            let gone: Vec<(BackendIdentity, u32)> =
+                state.backends.iter().filter(|(b, _)| !kept.contains(b)).copied().collect();
             for (b, id) in gone {
                 self.backend_ids.release(&(key, b));
                 self.clear_backend(id, &mut ch);
@@ -647,8 +643,7 @@ impl Compiler {
             kept.sort_unstable();
             kept.dedup();
             if let Some(s) = self.vips.get(&key).filter(|_| !gone) {
-                freed +=
-                    s.backends.iter().filter(|(b, _)| kept.binary_search(b).is_err()).count();
+                freed += s.backends.iter().filter(|(b, _)| kept.binary_search(b).is_err()).count();
             }
             needed += kept
                 .iter()

@@ -178,8 +178,7 @@ impl Programmer {
                 infos.push(info);
             }
         }
-        sys::update_batch(maps.vips_fd(), &keys, &infos)
-            .map_err(|source| Error::Io { path: names::VIPS.into(), source })?;
+        write_vips(maps, &keys, &infos)?;
         report.vips_written = keys.len();
 
         // Source ranges: the VIPs that use them are in place; new ranges before
@@ -469,6 +468,23 @@ fn write_next_hops(
         maps.next_hops.remove(&Key::new(plen, data)).map_err(map_err(names::NEXT_HOPS))?;
     }
     Ok(written)
+}
+
+/// Writes VIP entries in batch syscalls; many at once (a cold start's) in two halves on
+/// two cores, as the kernel updates a hash map's buckets independently.
+fn write_vips(maps: &Maps, keys: &[VipKey], infos: &[VipInfo]) -> Result<()> {
+    let fd = maps.vips_fd();
+    let written = if keys.len() < PARALLEL_FILL {
+        sys::update_batch(fd, keys, infos)
+    } else {
+        let half = keys.len() / 2;
+        std::thread::scope(|s| {
+            let other = s.spawn(|| sys::update_batch(fd, &keys[half..], &infos[half..]));
+            let mine = sys::update_batch(fd, &keys[..half], &infos[..half]);
+            mine.and(other.join().expect("a batch update does not panic"))
+        })
+    };
+    written.map_err(|source| Error::Io { path: names::VIPS.into(), source })
 }
 
 /// Below this many new entries, one batch syscall is as cheap as a mapping.
