@@ -280,35 +280,47 @@ fn objects(inputs: &Inputs) -> Objects {
 /// grew the process's peak RSS by, in bytes.
 pub fn cold_run(args: &[String]) -> Result<()> {
     let n: usize = args.first().context("cold-run N")?.parse().context("cold-run N")?;
-    let (stages, memory, _) = measured_cold_run(n)?;
+    let run = ColdRun::new(n)?;
     println!(
         "{} {} {} {} {}",
-        stages.translate.as_nanos(),
-        stages.compile.as_nanos(),
-        stages.program.as_nanos(),
-        memory.objects,
-        memory.vipr
+        run.stages.translate.as_nanos(),
+        run.stages.compile.as_nanos(),
+        run.stages.program.as_nanos(),
+        run.memory.objects,
+        run.memory.vipr
     );
     Ok(())
 }
 
-/// A cold run, and its memory. Peaks, not the RSS at the end: an allocator that keeps
-/// freed memory, or gives it back later, would make the RSS of one moment say little.
-/// Measured in a new process: in one that freed memory before (another suite), the
-/// objects would go into that and seem to take none.
-fn measured_cold_run(n: usize) -> Result<(Stages, Memory, Programmed)> {
-    let before = peak_rss_bytes();
-    // The kube-proxy half stays too, as in the first run: its memory freed meanwhile
-    // would be taken again by vipr's and go uncounted.
-    let (inputs, _kp) = cluster(n);
-    let objects = objects(&inputs);
-    let with_objects = peak_rss_bytes();
-    let (stages, programmed) = program_cold(n, &objects)?;
-    let memory = Memory {
-        objects: with_objects.saturating_sub(before),
-        vipr: peak_rss_bytes().saturating_sub(with_objects),
-    };
-    Ok((stages, memory, programmed))
+/// One cold run of vipr, what it ran on and what it left.
+struct ColdRun {
+    inputs: Inputs,
+    kp: Vec<kube_proxy::Service>,
+    objects: Objects,
+    stages: Stages,
+    /// Peaks, not the RSS at the end: an allocator that keeps freed memory, or gives it
+    /// back later, would make the RSS of one moment say little. Good only in a new
+    /// process: in one that freed memory before (another suite), the objects would go
+    /// into that and seem to take none.
+    memory: Memory,
+    programmed: Programmed,
+}
+
+impl ColdRun {
+    fn new(n: usize) -> Result<Self> {
+        let before = peak_rss_bytes();
+        // The kube-proxy half is made (and kept) in every run: its memory freed meanwhile
+        // would be taken again by vipr's and go uncounted.
+        let (inputs, kp) = cluster(n);
+        let objects = objects(&inputs);
+        let with_objects = peak_rss_bytes();
+        let (stages, programmed) = program_cold(n, &objects)?;
+        let memory = Memory {
+            objects: with_objects.saturating_sub(before),
+            vipr: peak_rss_bytes().saturating_sub(with_objects),
+        };
+        Ok(ColdRun { inputs, kp, objects, stages, memory, programmed })
+    }
 }
 
 /// Before each cold run after the first, the wait until the machine is idle again: the
@@ -372,17 +384,9 @@ impl World {
     /// Programs `n` Services from cold both ways, timing each step, `runs` times each
     /// way; the first run of each stays for the changes.
     fn cold(n: usize, runs: usize) -> Result<(World, Cold)> {
-        let before = peak_rss_bytes();
-        let (inputs, kp) = cluster(n);
-        let objects = objects(&inputs);
-        let with_objects = peak_rss_bytes();
-        let (first, vipr) = program_cold(n, &objects)?;
-        // Good only when this process ran nothing before (see `measured_cold_run`): the
-        // runs in new processes replace it.
-        let first_memory = Memory {
-            objects: with_objects.saturating_sub(before),
-            vipr: peak_rss_bytes().saturating_sub(with_objects),
-        };
+        // Its memory counts only when no run in a new process replaces it (see `ColdRun`).
+        let ColdRun { inputs, kp, objects, stages: first, memory: first_memory, programmed: vipr } =
+            ColdRun::new(n)?;
         let (ring_bytes, ring_pool_bytes) =
             (vipr.programmer.ring_bytes(), vipr.programmer.ring_pool_bytes());
         let mut vipr_runs = vec![first];

@@ -18,9 +18,10 @@ pub mod status;
 pub mod testbed;
 
 /// The agent's allocator (and so of every binary linking this crate: the benchmarks and
-/// the tests measure what the agent runs). A cold start of 10k Services makes and frees
-/// about a million small objects; with glibc's malloc it took 13% longer end to end
-/// (bench: programming, from cold). Without transparent huge pages (`no_thp`), as with
-/// glibc's: with them, zeroing 2 MiB pages at first touch doubled the compile here.
+/// the tests run what the agent runs). A cold start of 10k Services makes and frees
+/// hundreds of thousands of small objects on several threads; with glibc's malloc it
+/// took about 8% longer (bench: programming, from cold). Without transparent huge pages
+/// (`no_thp`), as glibc's malloc runs here: with them, zeroing 2 MiB pages at first
+/// touch doubled the compile on this VM.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -40,8 +40,8 @@ pub struct Programmer {
     range_count: usize,
 }
 
-/// From this many rings in new regions, `program` writes them on another thread.
-const PARALLEL_FILL: usize = 256;
+/// From this many rings (or VIP entries), `program` writes them on two threads.
+const PARALLEL_WRITES: usize = 256;
 
 /// A VIP as programmed: its info, and its ring when this programmer wrote it.
 type ProgrammedVip = (VipInfo, Option<Ring>);
@@ -150,18 +150,24 @@ impl Programmer {
         let mut mirror = None;
         match &self.rings {
             // Rings only in new regions, which no VIP entry names yet: written on another
-            // core while this one writes the backends and copies the tables (a cold start
-            // saves a third of its programming).
-            Some(pool) if rings.len() >= PARALLEL_FILL && places.iter().all(|p| !p.live) => {
+            // core while this one writes the backend entries and copies the tables, which
+            // take about as long on a cold start.
+            Some(pool) if rings.len() >= PARALLEL_WRITES && places.iter().all(|p| !p.live) => {
                 let memory = std::thread::scope(|s| {
-                    let filling = s.spawn(|| pool.fill(&rings, &places));
+                    let fill = || pool.fill(&rings, &places);
+                    let filling = std::thread::Builder::new().spawn_scoped(s, fill);
                     let backends = writes.write(maps);
                     mirror = Some(t.clone());
-                    let memory = filling.join().expect("filling the ring pool does not panic");
+                    let memory = match filling {
+                        Ok(thread) => thread.join().expect("filling the ring pool does not panic"),
+                        // No thread to be had: this one fills too.
+                        Err(_) => fill(),
+                    };
                     backends.and(memory)
                 })?;
-                // Unmapping a large window takes milliseconds that nothing waits for.
-                std::thread::spawn(move || drop(memory));
+                // Unmapping a large window takes milliseconds that nothing waits for (or,
+                // with no thread to be had, here).
+                let _ = std::thread::Builder::new().spawn(move || drop(memory));
             }
             pool => {
                 writes.write(maps)?;
@@ -474,14 +480,18 @@ fn write_next_hops(
 /// two cores, as the kernel updates a hash map's buckets independently.
 fn write_vips(maps: &Maps, keys: &[VipKey], infos: &[VipInfo]) -> Result<()> {
     let fd = maps.vips_fd();
-    let written = if keys.len() < PARALLEL_FILL {
+    let written = if keys.len() < PARALLEL_WRITES {
         sys::update_batch(fd, keys, infos)
     } else {
         let half = keys.len() / 2;
         std::thread::scope(|s| {
-            let other = s.spawn(|| sys::update_batch(fd, &keys[half..], &infos[half..]));
-            let mine = sys::update_batch(fd, &keys[..half], &infos[..half]);
-            mine.and(other.join().expect("a batch update does not panic"))
+            let second = || sys::update_batch(fd, &keys[half..], &infos[half..]);
+            let other = std::thread::Builder::new().spawn_scoped(s, second);
+            let first = sys::update_batch(fd, &keys[..half], &infos[..half]);
+            first.and(match other {
+                Ok(thread) => thread.join().expect("a batch update does not panic"),
+                Err(_) => second(),
+            })
         })
     };
     written.map_err(|source| Error::Io { path: names::VIPS.into(), source })
