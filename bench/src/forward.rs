@@ -110,18 +110,7 @@ fn ifindex(tb: &Testbed, ns: &str, dev: &str) -> Result<u32> {
 
 /// Busy CPU time of the whole machine so far, in nanoseconds (/proc/stat, USER_HZ 100).
 fn cpu_busy_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle) * 10_000_000
+    crate::cpu_ticks().0 * 10_000_000
 }
 
 /// Source ports of the generated flows: `flows` of them, uniform or Zipf (s = 1.1).

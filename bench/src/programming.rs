@@ -336,30 +336,13 @@ fn settle() {
     let start = Instant::now();
     std::thread::sleep(SETTLE);
     while start.elapsed() < SETTLE_MAX {
-        let (busy0, all0) = cpu_times();
+        let (busy0, all0) = crate::cpu_ticks();
         std::thread::sleep(IDLE_WINDOW);
-        let (busy1, all1) = cpu_times();
+        let (busy1, all1) = crate::cpu_ticks();
         if all1 <= all0 || ((busy1 - busy0) as f64) < IDLE_BUSY * (all1 - all0) as f64 {
             return;
         }
     }
-}
-
-/// Busy and total CPU time of the machine so far, in ticks (`/proc/stat`).
-fn cpu_times() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let all: u64 = ticks.iter().sum();
-    // idle and iowait
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (all - idle, all)
 }
 
 /// A cold run in a new process.
