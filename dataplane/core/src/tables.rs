@@ -514,7 +514,6 @@ impl Compiler {
         if room > backends_len {
             self.tables.backends.resize(room, EMPTY_BACKEND);
         }
-        let mut backends_end = backends_len;
         // The VIP each ring built is for, by job.
         let mut jobs: Vec<VipKey> = Vec::new();
         // The most slots the rings can take: a backend may be listed twice, or weigh 0.
@@ -563,7 +562,6 @@ impl Compiler {
                         vip_id,
                     };
                     put_backend(&mut self.tables.backends, id, info);
-                    backends_end = backends_end.max(id as usize + 1);
                     ch.backends.push(id);
                     backends.push((me, id));
                     if !b.draining && b.weight > 0 {
@@ -605,8 +603,10 @@ impl Compiler {
                 ch.vips.push(key);
             }
         });
-        // Room not taken: the tables end at the highest backend id, as before.
-        self.tables.backends.truncate(backends_end);
+        // Room not taken (entries left empty past the old end): the tables end at the
+        // highest backend id, as before.
+        let taken = self.tables.backends[backends_len..].iter().rposition(|b| b.family != 0);
+        self.tables.backends.truncate(backends_len + taken.map_or(0, |i| i + 1));
         self.vip_ids.free.extend(freed_vip_ids);
         self.rings_built = rings.len();
         for (job, ring) in rings {
@@ -1020,6 +1020,11 @@ mod tests {
             one_by_one.update(chunk, &[]).unwrap();
         }
         assert_eq!(meaning(bulk.tables()), meaning(one_by_one.tables()));
+        // Room was made for every listing, duplicates too: what was not taken went back.
+        for c in [&bulk, &one_by_one] {
+            let last = c.tables().backends.last();
+            assert!(last.is_some_and(|b| b.family != 0), "the backends end at the highest id");
+        }
         let shared = bulk.tables().vips.values().all(|v| {
             let first = &bulk.tables().vips[&vips[0].key()].ring;
             Arc::ptr_eq(&v.ring.memory, &first.memory)

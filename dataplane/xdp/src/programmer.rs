@@ -154,16 +154,10 @@ impl Programmer {
             // take about as long on a cold start.
             Some(pool) if rings.len() >= PARALLEL_WRITES && places.iter().all(|p| !p.live) => {
                 let memory = std::thread::scope(|s| {
-                    let fill = || pool.fill(&rings, &places);
-                    let filling = std::thread::Builder::new().spawn_scoped(s, fill);
+                    let filled = beside(s, || pool.fill(&rings, &places));
                     let backends = writes.write(maps);
                     mirror = Some(t.clone());
-                    let memory = match filling {
-                        Ok(thread) => thread.join().expect("filling the ring pool does not panic"),
-                        // No thread to be had: this one fills too.
-                        Err(_) => fill(),
-                    };
-                    backends.and(memory)
+                    backends.and(filled())
                 })?;
                 // Unmapping a large window takes milliseconds that nothing waits for (or,
                 // with no thread to be had, here).
@@ -485,16 +479,24 @@ fn write_vips(maps: &Maps, keys: &[VipKey], infos: &[VipInfo]) -> Result<()> {
     } else {
         let half = keys.len() / 2;
         std::thread::scope(|s| {
-            let second = || sys::update_batch(fd, &keys[half..], &infos[half..]);
-            let other = std::thread::Builder::new().spawn_scoped(s, second);
-            let first = sys::update_batch(fd, &keys[..half], &infos[..half]);
-            first.and(match other {
-                Ok(thread) => thread.join().expect("a batch update does not panic"),
-                Err(_) => second(),
-            })
+            let second = beside(s, || sys::update_batch(fd, &keys[half..], &infos[half..]));
+            sys::update_batch(fd, &keys[..half], &infos[..half]).and(second())
         })
     };
     written.map_err(|source| Error::Io { path: names::VIPS.into(), source })
+}
+
+/// Starts `work` on another thread of `scope`; what it returns waits for its result.
+/// With no thread to be had, `work` runs then, on the thread that waits.
+fn beside<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    work: impl FnOnce() -> T + Send + Copy + 'scope,
+) -> impl FnOnce() -> T + 'scope {
+    let thread = std::thread::Builder::new().spawn_scoped(scope, work);
+    move || match thread {
+        Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(_) => work(),
+    }
 }
 
 /// Below this many new entries, one batch syscall is as cheap as a mapping.
